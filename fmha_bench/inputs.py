@@ -1,0 +1,225 @@
+"""Deterministic, non-zero inputs for a Problem: the exact bytes a GPU kernel reads.
+
+Layouts (row-major):
+- batch mode: Q [B,Hq,Sq,Dq], dense K/V [B,Hk,Sk,D], O [B,Hq,Sq,Dv], LSE [B,Hq,Sq]
+- group mode: Q [total_q,Hq,Dq], dense K/V [total_k,Hk,D], O [total_q,Hq,Dv], LSE [Hq,total_q]
+- paged cache: [num_pages,Hk,P,D] (kv_layout hnd) or [num_pages,P,Hk,D] (nhd); MLA keeps one
+  latent cache (Hk = 1, nhd) and no separate V: V is the first hdim_v columns of K.
+Every cache slot that holds no token (spare pages, the tail of a part-filled last page,
+headwise slabs nobody owns) is NaN, so a kernel or reference that reads one fails loudly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from . import dtypes
+from .problem import Problem
+
+SPARE_PAGES = 3  # unowned, NaN-filled pages in every pool
+
+
+@dataclass
+class PageTables:
+    pages: list                                  # pages[b] (or pages[b][h] for headwise): ids in token order, -1 = recycled
+    block_table: Optional[np.ndarray] = None     # vllm [B, max_pages] int32
+    kv_indptr: Optional[np.ndarray] = None       # sglang [B+1] int32
+    kv_page_indices: Optional[np.ndarray] = None # sglang [total_pages] int32
+    kv_last_page_len: Optional[np.ndarray] = None  # sglang [B] int32
+    block_tables_headwise: Optional[np.ndarray] = None  # headwise [B*Hk, max_pages] int32
+    num_pages: int = 0
+
+
+@dataclass
+class Inputs:
+    problem: Problem
+    seed: int
+    q: np.ndarray
+    k: np.ndarray                       # dense K, or the paged K cache (the latent cache for MLA)
+    v: Optional[np.ndarray]             # dense V, or the paged V cache; None for MLA
+    seqstart_q: np.ndarray              # int32 [B+1]
+    seqstart_k: np.ndarray              # int32 [B+1] (dense group mode; cumulative seqlen_k otherwise)
+    seqlen_k: np.ndarray                # int32 [B]
+    tables: Optional[PageTables] = None
+    sink_logits: Optional[np.ndarray] = None   # fp32 [Hq]
+    q_descale: float = 1.0
+    k_descale: float = 1.0
+    v_descale: float = 1.0
+    k_new: Optional[np.ndarray] = None  # appendkv: [B,Hk,S_new,Dq] / [total_new,Hk,Dq]
+    v_new: Optional[np.ndarray] = None
+    cache_len: Optional[np.ndarray] = None     # appendkv: int32 [B]
+    rope_cos: Optional[np.ndarray] = None      # fp32 [max_pos, rotary_dim/2]
+    rope_sin: Optional[np.ndarray] = None
+    extra: dict = field(default_factory=dict)
+
+    def decoded(self, name: str) -> np.ndarray:
+        """float32 values of a tensor input (exact for every dtype)."""
+        return dtypes.decode(getattr(self, name), self.problem.dt)
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
+
+
+def _quantized(rng, shape, dt: dtypes.DType, spread: float = 1.0):
+    """Normal values stored as `dt`; fp8 gets a per-tensor descale that uses its full range."""
+    x = rng.standard_normal(shape, dtype=np.float32) * spread
+    if not dt.is_fp8:
+        return dtypes.encode(x, dt), 1.0
+    descale = float(np.abs(x).max() / dt.max) if x.size else 1.0
+    descale = descale or 1.0
+    return dtypes.encode(x / descale, dt), descale
+
+
+def _cumsum0(lens) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+
+
+def make_inputs(problem: Problem, seed: int = 0) -> Inputs:
+    p = problem.validate()
+    rng = np.random.default_rng(seed)
+    dt = p.dt
+    sq, sk = p.seqlens_q(), p.seqlens_k()
+    B, Hq, Hk, Dq, Dv = p.batch, p.nhead_q, p.nhead_k, p.hdim_q, p.hdim_v
+    group = p.mode == "group"
+
+    q_shape = (sum(sq), Hq, Dq) if group else (B, Hq, sq[0], Dq)
+    q, q_descale = _quantized(rng, q_shape, dt)
+    inputs = Inputs(problem=p, seed=seed, q=q, k=None, v=None, seqstart_q=_cumsum0(sq),
+                    seqstart_k=_cumsum0(sk), seqlen_k=np.asarray(sk, dtype=np.int32), q_descale=q_descale)
+    if p.sink:
+        inputs.sink_logits = (rng.standard_normal(Hq).astype(np.float32) + 1.0)
+
+    if not p.is_paged:
+        k_shape = (sum(sk), Hk, Dq) if group else (B, Hk, sk[0], Dq)
+        v_shape = k_shape[:-1] + (Dv,)
+        inputs.k, inputs.k_descale = _quantized(rng, k_shape, dt)
+        inputs.v, inputs.v_descale = _quantized(rng, v_shape, dt)
+        return inputs
+
+    tokens_k = [_token_values(rng, n, Hk, Dq) for n in sk]  # logical per-sequence K, float32 [Sk,Hk,D]
+    if p.family == "mla":
+        inputs.k_descale = _fp8_descale(tokens_k, dt)
+        inputs.tables, inputs.k = _build_cache(p, rng, tokens_k, dt, inputs.k_descale)
+        return inputs
+    tokens_v = [_token_values(rng, n, Hk, Dv) for n in sk]
+    inputs.k_descale, inputs.v_descale = _fp8_descale(tokens_k, dt), _fp8_descale(tokens_v, dt)
+    if p.family == "appendkv":
+        _split_off_new_tokens(p, rng, inputs, tokens_k, tokens_v)
+    inputs.tables, inputs.k = _build_cache(p, rng, tokens_k, dt, inputs.k_descale)
+    _, inputs.v = _build_cache(p, rng, tokens_v, dt, inputs.v_descale, tables=inputs.tables)
+    return inputs
+
+
+def _token_values(rng, n, heads, dim):
+    return rng.standard_normal((n, heads, dim), dtype=np.float32)
+
+
+def _fp8_descale(tokens, dt) -> float:
+    if not dt.is_fp8:
+        return 1.0
+    amax = max((float(np.abs(t).max()) for t in tokens if t.size), default=0.0)
+    return amax / dt.max if amax else 1.0
+
+
+def _split_off_new_tokens(p: Problem, rng, inputs: Inputs, tokens_k, tokens_v):
+    """appendkv: the last seqlen_q tokens of each sequence arrive as new K/V (unrotated); the
+    cache holds only the first cache_len tokens, the new slots are NaN until the append."""
+    cache_len = p.cache_lens()
+    new_k = [t[c:] for t, c in zip(tokens_k, cache_len)]
+    new_v = [t[c:] for t, c in zip(tokens_v, cache_len)]
+    if p.mode == "group":
+        stack = lambda ts, d: np.concatenate(ts, axis=0) if ts else np.zeros((0, p.nhead_k, d), np.float32)  # noqa: E731
+        k_new, v_new = stack(new_k, p.hdim_q), stack(new_v, p.hdim_v)
+    else:
+        k_new = np.stack(new_k).transpose(0, 2, 1, 3)
+        v_new = np.stack(new_v).transpose(0, 2, 1, 3)
+    inputs.k_new, inputs.v_new = dtypes.encode(k_new, p.dt), dtypes.encode(v_new, p.dt)
+    inputs.cache_len = np.asarray(cache_len, dtype=np.int32)
+    for t, c in zip(tokens_k + tokens_v, cache_len + cache_len):
+        t[c:] = np.nan
+    max_pos = max(p.seqlens_k())
+    half = p.rotary_dim // 2
+    if half:
+        inv_freq = 10000.0 ** (-np.arange(half, dtype=np.float64) / half)
+        angles = np.arange(max_pos, dtype=np.float64)[:, None] * inv_freq[None, :]
+        inputs.rope_cos = np.cos(angles).astype(np.float32)
+        inputs.rope_sin = np.sin(angles).astype(np.float32)
+
+
+def _build_cache(p: Problem, rng, tokens, dt, descale, tables: Optional[PageTables] = None):
+    """Scatter per-sequence tokens [Sk,Hk,D] into a NaN-initialised paged cache along shuffled
+    page ids. The page tables are drawn once (for K) and reused for V."""
+    P, Hk = p.page_size, p.nhead_k
+    dim = tokens[0].shape[-1] if tokens else p.hdim_q
+    if tables is None:
+        tables = _make_tables(p, rng)
+    cache = np.full((tables.num_pages, Hk, P, dim), np.nan, dtype=np.float32)
+    for b, t in enumerate(tokens):
+        for h in range(Hk):
+            ids = tables.pages[b][h] if p.page_table == "headwise" else tables.pages[b]
+            for logical, page in enumerate(ids):
+                if page < 0:
+                    continue
+                chunk = t[logical * P:(logical + 1) * P, h]
+                cache[page, h, :len(chunk)] = chunk
+    if p.kv_layout == "nhd":
+        cache = cache.transpose(0, 2, 1, 3)
+    cache = np.ascontiguousarray(cache / descale)
+    return tables, dtypes.encode(cache, dt)
+
+
+def _make_tables(p: Problem, rng) -> PageTables:
+    P, B, Hk = p.page_size, p.batch, p.nhead_k
+    sk = p.seqlens_k()
+    n_pages = [-(-n // P) for n in sk]
+    max_pages = max(max(n_pages), 1)
+    if p.page_table == "headwise":
+        return _make_headwise_tables(p, rng, n_pages, max_pages)
+    num_pages = sum(n_pages) + SPARE_PAGES
+    pool = rng.permutation(num_pages).astype(np.int32)
+    pages, start = [], 0
+    for n in n_pages:
+        pages.append([int(x) for x in pool[start:start + n]])
+        start += n
+    t = PageTables(pages=pages, num_pages=num_pages)
+    t.block_table = np.full((B, max_pages), -1, dtype=np.int32)
+    for b, ids in enumerate(pages):
+        t.block_table[b, :len(ids)] = ids
+    t.kv_indptr = _cumsum0(n_pages)
+    t.kv_page_indices = np.asarray([x for ids in pages for x in ids], dtype=np.int32)
+    t.kv_last_page_len = np.asarray([n - (np_ - 1) * P if np_ else 0 for n, np_ in zip(sk, n_pages)],
+                                    dtype=np.int32)
+    return t
+
+
+def _make_headwise_tables(p: Problem, rng, n_pages, max_pages) -> PageTables:
+    """Each KV head owns its own pool of slabs cache[id, h]; SWA heads keep only the blocks
+    their sink and window touch, the others are recycled (-1)."""
+    P, B, Hk = p.page_size, p.batch, p.nhead_k
+    keep = [[_blocks_needed(p, b, h) for h in range(Hk)] for b in range(B)]
+    per_head = [sum(len(keep[b][h]) for b in range(B)) for h in range(Hk)]
+    num_pages = max(per_head) + SPARE_PAGES
+    pages = [[None] * Hk for _ in range(B)]
+    table = np.full((B * Hk, max_pages), -1, dtype=np.int32)
+    for h in range(Hk):
+        pool = iter(rng.permutation(num_pages).tolist())
+        for b in range(B):
+            ids = [-1] * n_pages[b]
+            for blk in keep[b][h]:
+                ids[blk] = next(pool)
+            pages[b][h] = ids
+            table[b * Hk + h, :len(ids)] = ids
+    return PageTables(pages=pages, block_tables_headwise=table, num_pages=num_pages)
+
+
+def _blocks_needed(p: Problem, b: int, kv_head: int) -> list:
+    sq, sk = p.seqlens_q()[b], p.seqlens_k()[b]
+    if kv_head not in p.swa_heads:
+        return list(range(-(-sk // p.page_size)))
+    P = p.page_size
+    blocks = set()
+    for start, end in p.mask_for_kv_head(kv_head).touched_ranges(sq, sk):
+        blocks.update(range(start // P, (end - 1) // P + 1))
+    return sorted(blocks)

@@ -1,0 +1,335 @@
+"""`Problem`: every axis of one attention call (SPEC sections 1-9). No GPU imports.
+
+A Problem is frozen and normalised on construction (aliases resolved, lists turned into
+tuples, defaults derived), so two spellings of the same call have the same `key()`.
+`validate()` raises `ProblemError` naming the offending field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Tuple, Union
+
+import numpy as np
+
+from . import dtypes
+from .masks import BOTTOM_RIGHT, Mask, MaskError, merge_ranges, parse_mask
+
+FAMILIES = {
+    "fwd": "dense forward (batch or group/varlen mode)",
+    "paged": "paged-KV prefill or decode (vllm, sglang or headwise page tables)",
+    "splitkv": "forward with the keys split into num_splits partial passes plus an LSE combine",
+    "appendkv": "append new K/V (RoPE-rotated) into a paged cache, then attend over it",
+    "mla": "DeepSeek MLA decode over a latent paged cache (576 = 512 latent + 64 rope, one KV head)",
+    "mixed": "prefill and decode requests in one persistent launch over a paged cache",
+}
+MODES = ("batch", "group")
+PAGE_TABLES = {
+    "vllm": "2-D block_table[B, max_pages] + seqlen_k[B], unused entries -1",
+    "sglang": "1-D CSR kv_indptr[B+1], kv_page_indices, kv_last_page_lens[B]",
+    "headwise": "per-KV-head tables [B*Hk, max_pages] with per-head local ids; -1 = recycled (SWA)",
+}
+KV_LAYOUTS = ("hnd", "nhd")
+ROTARY_STYLES = ("interleaved", "half")
+PAGED_FAMILIES = ("paged", "appendkv", "mla", "mixed")
+
+SeqLens = Union[int, Tuple[int, ...]]
+
+
+class ProblemError(ValueError):
+    """An impossible problem. `field` names the axis to change."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+def _as_seqlens(value) -> SeqLens:
+    if isinstance(value, (list, tuple)):
+        return tuple(int(v) for v in value)
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Problem:
+    family: str = "fwd"
+    mode: str = "batch"
+    batch: int = 1
+    seqlen_q: SeqLens = 128
+    seqlen_k: Optional[SeqLens] = None          # None: same as seqlen_q
+    nhead_q: int = 8
+    nhead_k: Optional[int] = None               # None: nhead_q (MHA)
+    hdim_q: int = 128
+    hdim_v: Optional[int] = None                # None: hdim_q
+    dtype: str = "fp16"
+    mask: str = "0"
+    scale: Optional[float] = None               # None: 1/sqrt(hdim_q)
+    soft_cap: float = 0.0
+    sink: bool = False                          # learned per-head sink logit
+    lse: bool = False
+    page_size: int = 0                          # 0: contiguous K/V
+    page_table: str = "vllm"
+    kv_layout: str = "hnd"
+    swa_heads: Tuple[int, ...] = ()             # headwise: KV heads that use a sliding window
+    swa_window: int = 0                         # W keys including self (FA left = W-1)
+    swa_sink: int = 0                           # first tokens always kept by SWA heads
+    num_splits: int = 1                         # 0: chosen by a heuristic
+    rotary_dim: int = 0
+    rotary_style: str = "interleaved"
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        set_("seqlen_q", _as_seqlens(self.seqlen_q))
+        set_("seqlen_k", self.seqlen_q if self.seqlen_k is None else _as_seqlens(self.seqlen_k))
+        if self.nhead_k is None:
+            set_("nhead_k", self.nhead_q)
+        if self.hdim_v is None:
+            set_("hdim_v", self.hdim_q)
+        set_("swa_heads", tuple(sorted(int(h) for h in self.swa_heads)))
+        for name in ("batch", "nhead_q", "nhead_k", "hdim_q", "hdim_v", "page_size", "num_splits",
+                     "rotary_dim", "swa_window", "swa_sink"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ProblemError(name, f"expected an integer, got {value!r}")
+            set_(name, int(value))
+        set_("dtype", str(self.dtype).lower())
+        set_("soft_cap", float(self.soft_cap))
+        if self.scale is not None:
+            set_("scale", float(self.scale))
+        set_("page_table", str(self.page_table).lower())
+        set_("kv_layout", str(self.kv_layout).lower())
+        try:
+            set_("mask", parse_mask(self.mask).canonical())
+        except MaskError as e:
+            raise ProblemError("mask", str(e)) from None
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def mask_spec(self) -> Mask:
+        return parse_mask(self.mask)
+
+    @property
+    def dt(self) -> dtypes.DType:
+        return dtypes.get(self.dtype)
+
+    @property
+    def out_dt(self) -> dtypes.DType:
+        return dtypes.output_dtype(self.dt)
+
+    @property
+    def softmax_scale(self) -> float:
+        return self.scale if self.scale is not None else 1.0 / math.sqrt(self.hdim_q)
+
+    @property
+    def is_paged(self) -> bool:
+        return self.page_size > 0
+
+    @property
+    def group_size(self) -> int:
+        return self.nhead_q // self.nhead_k
+
+    def seqlens_q(self) -> list[int]:
+        return list(self.seqlen_q) if isinstance(self.seqlen_q, tuple) else [self.seqlen_q] * self.batch
+
+    def seqlens_k(self) -> list[int]:
+        return list(self.seqlen_k) if isinstance(self.seqlen_k, tuple) else [self.seqlen_k] * self.batch
+
+    def cache_lens(self) -> list[int]:
+        """appendkv: tokens already in the cache before the new ones (seqlen_k - seqlen_q)."""
+        return [sk - sq for sq, sk in zip(self.seqlens_q(), self.seqlens_k())]
+
+    def mask_for_kv_head(self, kv_head: int) -> Mask:
+        """Headwise SWA heads see a bottom-right window of swa_window keys plus a sink prefix."""
+        if self.page_table == "headwise" and kv_head in self.swa_heads:
+            return Mask(BOTTOM_RIGHT, self.swa_window - 1, 0, self.swa_sink)
+        return self.mask_spec
+
+    def kv_head_masks(self) -> list[Mask]:
+        return [self.mask_for_kv_head(h) for h in range(self.nhead_k)]
+
+    def num_splits_effective(self, sm_count: int = 132) -> int:
+        """Split count actually used: the explicit one, or for 0 enough splits to fill the GPU."""
+        if self.num_splits > 0:
+            return self.num_splits
+        work = self.batch * self.nhead_k * max(1, -(-max(self.seqlens_q()) * self.group_size // 64))
+        longest = max(self.seqlens_k() or [0])
+        return int(max(1, min(-(-sm_count // max(work, 1)) * 2, -(-longest // 256), 64)))
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "Problem":
+        def need(cond, name, msg):
+            if not cond:
+                raise ProblemError(name, msg)
+
+        need(self.family in FAMILIES, "family", f"unknown family {self.family!r}; one of {', '.join(FAMILIES)}")
+        need(self.mode in MODES, "mode", f"unknown mode {self.mode!r}; one of {', '.join(MODES)}")
+        need(self.batch >= 1, "batch", f"must be >= 1, got {self.batch}")
+        need(self.dtype in dtypes.DTYPES, "dtype", f"unknown dtype {self.dtype!r}; one of {', '.join(dtypes.DTYPES)}")
+        for name in ("seqlen_q", "seqlen_k"):
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                need(self.mode == "group", name, "per-sequence lists need mode: group")
+                need(len(value) == self.batch, name, f"has {len(value)} entries for batch {self.batch}")
+                need(all(v >= 0 for v in value), name, "lengths must be >= 0")
+            elif self.mode == "group":
+                need(value >= 0, name, f"must be >= 0, got {value}")
+            else:
+                need(value >= 1, name, f"must be >= 1 in batch mode, got {value} (use mode: group for empty sequences)")
+        need(self.nhead_q >= 1, "nhead_q", f"must be >= 1, got {self.nhead_q}")
+        need(self.nhead_k >= 1 and self.nhead_q % self.nhead_k == 0, "nhead_k",
+             f"nhead_q ({self.nhead_q}) must be a multiple of nhead_k ({self.nhead_k})")
+        need(1 <= self.hdim_q <= 1024, "hdim_q", f"must be in 1..1024, got {self.hdim_q}")
+        need(1 <= self.hdim_v <= 1024, "hdim_v", f"must be in 1..1024, got {self.hdim_v}")
+        need(self.scale is None or self.scale > 0, "scale", f"must be > 0, got {self.scale}")
+        need(self.soft_cap >= 0 and math.isfinite(self.soft_cap), "soft_cap", f"must be >= 0, got {self.soft_cap}")
+        need(self.num_splits >= 0, "num_splits", f"must be >= 0 (0 = auto), got {self.num_splits}")
+        need(self.kv_layout in KV_LAYOUTS, "kv_layout", f"one of {', '.join(KV_LAYOUTS)}")
+        need(self.page_table in PAGE_TABLES, "page_table", f"unknown page table {self.page_table!r}; one of {', '.join(PAGE_TABLES)}")
+        need(self.page_size >= 0, "page_size", f"must be >= 0, got {self.page_size}")
+        need(self.rotary_style in ROTARY_STYLES, "rotary_style", f"one of {', '.join(ROTARY_STYLES)}")
+
+        if self.family in PAGED_FAMILIES:
+            need(self.page_size >= 1, "page_size", f"family {self.family} needs a paged cache (page_size >= 1)")
+        if self.family == "fwd":
+            need(self.page_size == 0, "page_size", "family fwd is dense; use family: paged for a paged cache")
+        if self.family == "splitkv":
+            need(self.num_splits != 1, "num_splits", "family splitkv needs num_splits 0 (auto) or >= 2")
+        elif self.num_splits != 1:
+            need(self.family in ("paged", "mla"), "num_splits", f"family {self.family} does not split the keys")
+        if self.page_table == "headwise" and self.is_paged:
+            need(all(0 <= h < self.nhead_k for h in self.swa_heads), "swa_heads", f"KV head ids must be in 0..{self.nhead_k - 1}")
+            need(not self.swa_heads or self.swa_window >= 1, "swa_window", "SWA heads need swa_window >= 1")
+            need(self.swa_sink >= 0, "swa_sink", "must be >= 0")
+        else:
+            need(not self.swa_heads, "swa_heads", "per-head sliding windows need page_table: headwise")
+        if self.family == "appendkv":
+            need(self.rotary_dim % 2 == 0 and 0 <= self.rotary_dim <= self.hdim_q, "rotary_dim",
+                 f"must be even and <= hdim_q ({self.hdim_q}), got {self.rotary_dim}")
+            need(all(sk >= sq for sq, sk in zip(self.seqlens_q(), self.seqlens_k())), "seqlen_k",
+                 "appendkv: seqlen_k (cache after the append) must be >= seqlen_q (new tokens)")
+        else:
+            need(self.rotary_dim == 0, "rotary_dim", "RoPE is applied by family appendkv only")
+        if self.family == "mla":
+            need(self.nhead_k == 1, "nhead_k", "MLA has one latent KV head")
+            need(self.hdim_v < self.hdim_q, "hdim_v", "MLA reads V as the first hdim_v values of each cache row (hdim_v < hdim_q)")
+            need(self.kv_layout == "nhd", "kv_layout", "MLA's latent cache is [pages, page_size, hdim_q] (kv_layout nhd)")
+        if self.family == "mixed":
+            need(self.mode == "group", "mode", "a mixed batch is a list of requests (mode: group)")
+        if self.dt.is_fp8:
+            need(self.family not in ("appendkv",), "dtype", "appendkv writes rotated K/V; fp8 caches are not defined for it")
+        return self
+
+    # ------------------------------------------------------------------ cost model
+    def areas(self) -> np.ndarray:
+        """Exact unmasked (row, key) pairs per [batch, kv_head] (each query head of the group counts it)."""
+        masks = self.kv_head_masks()
+        out = np.zeros((self.batch, self.nhead_k), dtype=np.int64)
+        for b, (sq, sk) in enumerate(zip(self.seqlens_q(), self.seqlens_k())):
+            for h, mask in enumerate(masks):
+                out[b, h] = mask.area(sq, sk)
+        return out
+
+    def flops(self) -> int:
+        """2 * A * (Dq + Dv) summed over sequences and query heads (SPEC section 3)."""
+        return int(self.areas().sum()) * self.group_size * 2 * (self.hdim_q + self.hdim_v)
+
+    def keys_read(self) -> np.ndarray:
+        """Keys each [batch, kv_head] must read at least once: the union of visible columns,
+        rounded up to whole pages when the cache is paged."""
+        out = np.zeros((self.batch, self.nhead_k), dtype=np.int64)
+        for b, (sq, sk) in enumerate(zip(self.seqlens_q(), self.seqlens_k())):
+            for h, mask in enumerate(self.kv_head_masks()):
+                out[b, h] = _keys_touched(mask, sq, sk, self.page_size)
+        return out
+
+    def bytes(self) -> int:
+        """Minimal device-memory traffic: Q + K + V actually read + O (+ LSE) (+ appended K/V)."""
+        in_b, out_b = self.dt.itemsize, self.out_dt.itemsize
+        total_q = sum(self.seqlens_q())
+        keys = int(self.keys_read().sum())
+        q = total_q * self.nhead_q * self.hdim_q * in_b
+        if self.family == "mla":  # V is the first hdim_v columns of the same latent row
+            kv = keys * self.hdim_q * in_b
+        else:
+            kv = keys * (self.hdim_q + self.hdim_v) * in_b
+        o = total_q * self.nhead_q * self.hdim_v * out_b
+        lse = total_q * self.nhead_q * 4 if self.lse else 0
+        appended = 0
+        if self.family == "appendkv":  # read new K/V once, write them into the cache once
+            appended = 2 * total_q * self.nhead_k * (self.hdim_q + self.hdim_v) * in_b
+        return q + kv + o + lse + appended
+
+    # ------------------------------------------------------------------ identity
+    def fields(self) -> dict:
+        """The problem's axes minus those at their default (derived defaults included), so
+        adding an axis later, or spelling a default out, keeps keys stable."""
+        derived = {"seqlen_k": self.seqlen_q, "nhead_k": self.nhead_q, "hdim_v": self.hdim_q}
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value == derived.get(f.name, f.default):
+                continue
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def all_fields(self) -> dict:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}
+
+    def key(self) -> str:
+        """Stable id: a hash of the canonical, default-free field dict."""
+        blob = json.dumps(self.fields(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    def name(self) -> str:
+        """Short readable label for tables."""
+        def lens(v):
+            return str(v) if not isinstance(v, tuple) else "[" + ",".join(map(str, v[:4])) + (",..]" if len(v) > 4 else "]")
+        parts = [self.family, f"b{self.batch}", f"h{self.nhead_q}/{self.nhead_k}",
+                 f"s{lens(self.seqlen_q)}/{lens(self.seqlen_k)}"]
+        parts.append(f"d{self.hdim_q}" if self.hdim_q == self.hdim_v else f"d{self.hdim_q}/{self.hdim_v}")
+        parts.append(self.dtype)
+        if self.mask != "0":
+            parts.append(f"m:{self.mask}")
+        if self.is_paged:
+            parts.append(f"p{self.page_size}:{self.page_table}")
+        if self.swa_heads:
+            parts.append(f"swa{len(self.swa_heads)}w{self.swa_window}s{self.swa_sink}")
+        if self.num_splits != 1:
+            parts.append(f"split{self.num_splits}")
+        if self.soft_cap:
+            parts.append(f"cap{self.soft_cap:g}")
+        if self.sink:
+            parts.append("sink")
+        if self.lse:
+            parts.append("lse")
+        if self.rotary_dim:
+            parts.append(f"rope{self.rotary_dim}{self.rotary_style[0]}")
+        return " ".join(parts)
+
+    def make_inputs(self, seed: int = 0):
+        """Deterministic, non-zero inputs for this problem (see `fmha_bench.inputs`)."""
+        from .inputs import make_inputs
+        return make_inputs(self, seed)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Problem":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ProblemError(unknown[0], f"unknown problem field; known fields: {', '.join(sorted(names))}")
+        return cls(**data)
+
+
+PROBLEM_FIELDS = tuple(f.name for f in dataclasses.fields(Problem))
+
+
+def _keys_touched(mask: Mask, seqlen_q: int, seqlen_k: int, page_size: int) -> int:
+    ranges = mask.touched_ranges(seqlen_q, seqlen_k)
+    if page_size > 0:  # whole pages are read
+        ranges = merge_ranges([(a // page_size * page_size, min(-(-b // page_size) * page_size, seqlen_k))
+                               for a, b in ranges])
+    return sum(b - a for a, b in ranges)
