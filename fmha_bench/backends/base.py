@@ -1,0 +1,133 @@
+"""The GPU runtime interface. Implementations (`cuda`, `hip`) are the only modules that import
+vendor APIs; everything above them (argument packing, timing, validation) is shared.
+
+A backend speaks in raw device pointers (ints) and bytes, which is all a kernel launch needs.
+"""
+from __future__ import annotations
+
+import ctypes
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+class BackendError(RuntimeError):
+    """A failed runtime call. `sticky` means the context is unusable afterwards (illegal
+    address, assertion): the point is `crashed`, not merely `failed`."""
+
+    def __init__(self, message: str, sticky: bool = False):
+        super().__init__(message)
+        self.sticky = sticky
+
+
+class BackendUnavailable(RuntimeError):
+    """No driver, no device, or no bindings: a reason to print, not a bug."""
+
+
+@dataclass
+class DeviceInfo:
+    backend: str
+    index: int
+    name: str
+    arch: str                  # sm_90a, gfx942, ... (the arch_specs.json key)
+    arch_detail: str           # compute capability or full gcnArchName
+    sm_count: int
+    l2_bytes: int
+    memory_bytes: int
+    clock_mhz: int = 0
+    memory_clock_mhz: int = 0
+    memory_bus_bits: int = 0
+    driver_version: str = ""
+    runtime_version: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DeviceBuffer:
+    ptr: int
+    nbytes: int
+
+
+class Backend(ABC):
+    name: str = ""
+
+    # ------------------------------------------------------------------ device
+    @abstractmethod
+    def device_info(self) -> DeviceInfo: ...
+
+    # ------------------------------------------------------------------ memory
+    @abstractmethod
+    def alloc(self, nbytes: int) -> DeviceBuffer: ...
+
+    @abstractmethod
+    def free(self, buf: DeviceBuffer) -> None: ...
+
+    @abstractmethod
+    def copy_to_device(self, buf: DeviceBuffer, host: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def copy_to_host(self, buf: DeviceBuffer, host: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def memset(self, buf: DeviceBuffer, byte: int, stream=None) -> None:
+        """Asynchronous on `stream` (the default stream when None)."""
+
+    def upload(self, host: np.ndarray) -> DeviceBuffer:
+        host = np.ascontiguousarray(host)
+        buf = self.alloc(max(host.nbytes, 1))
+        if host.nbytes:
+            self.copy_to_device(buf, host)
+        return buf
+
+    def download(self, buf: DeviceBuffer, shape, dtype) -> np.ndarray:
+        host = np.empty(shape, dtype=dtype)
+        if host.nbytes:
+            self.copy_to_host(buf, host)
+        return host
+
+    # ------------------------------------------------------------------ code
+    @abstractmethod
+    def load_module(self, image: bytes): ...
+
+    @abstractmethod
+    def get_function(self, module, name: str): ...
+
+    @abstractmethod
+    def set_dynamic_shared(self, function, nbytes: int) -> None:
+        """Allow `nbytes` of dynamic shared memory (needed above 48 KiB on NVIDIA)."""
+
+    @abstractmethod
+    def launch(self, function, grid, block, shared_bytes: int, args: bytes, stream=None) -> None:
+        """Launch with one by-value struct argument whose bytes are `args`."""
+
+    # ------------------------------------------------------------------ sync and timing
+    @abstractmethod
+    def synchronize(self) -> None:
+        """Wait for the device; raises BackendError (sticky when the context is lost)."""
+
+    @abstractmethod
+    def create_event(self): ...
+
+    @abstractmethod
+    def record_event(self, event, stream=None) -> None: ...
+
+    @abstractmethod
+    def elapsed_s(self, start, end) -> float: ...
+
+    @abstractmethod
+    def destroy_event(self, event) -> None: ...
+
+    def close(self) -> None:
+        """Release the context (optional)."""
+
+
+def single_struct_argument(args: bytes):
+    """The void** array a launch API wants for a kernel taking one by-value struct. Returns
+    (address, keepalive): keep the second object alive until the launch call returns."""
+    blob = ctypes.create_string_buffer(args, len(args))
+    pointers = (ctypes.c_void_p * 1)(ctypes.addressof(blob))
+    return ctypes.addressof(pointers), (blob, pointers)

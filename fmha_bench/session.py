@@ -1,0 +1,70 @@
+"""Device buffers of one point: inputs uploaded once, outputs poisoned before every launch.
+
+Every provider of the point reads the same input buffers (identical values for all of them).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import dtypes
+from .backends.base import Backend, DeviceBuffer
+
+POISON_BYTE = 0xFF  # 0xFF.. is NaN in fp16, bf16 and fp32: an unwritten output element fails validation
+
+TABLE_FIELDS = ("block_table", "kv_indptr", "kv_page_indices", "kv_last_page_len", "block_tables_headwise")
+INPUT_FIELDS = ("q", "k", "v", "seqstart_q", "seqstart_k", "seqlen_k", "sink_logits", "k_new", "v_new",
+                "cache_len", "rope_cos", "rope_sin")
+
+
+def output_shapes(problem) -> dict:
+    sq = problem.seqlens_q()
+    if problem.mode == "group":
+        o = (sum(sq), problem.nhead_q, problem.hdim_v)
+        lse = (problem.nhead_q, sum(sq))
+    else:
+        o = (problem.batch, problem.nhead_q, sq[0], problem.hdim_v)
+        lse = (problem.batch, problem.nhead_q, sq[0])
+    return {"o": o, "lse": lse}
+
+
+class PointSession:
+    def __init__(self, backend: Backend, device, problem, inputs):
+        self.backend, self.device, self.problem, self.inputs = backend, device, problem, inputs
+        self.buffers: dict[str, DeviceBuffer] = {}
+        self.host_inputs: dict[str, np.ndarray] = {}
+        for name in INPUT_FIELDS:
+            self._upload(name, getattr(inputs, name))
+        if inputs.tables is not None:
+            for name in TABLE_FIELDS:
+                self._upload(name, getattr(inputs.tables, name))
+        shapes = output_shapes(problem)
+        self.out_shapes = shapes
+        out_dt = problem.out_dt
+        self.buffers["o"] = backend.alloc(int(np.prod(shapes["o"])) * out_dt.itemsize)
+        self.buffers["lse"] = backend.alloc(int(np.prod(shapes["lse"])) * 4)
+
+    def _upload(self, name, array):
+        if array is None:
+            return
+        self.host_inputs[name] = array
+        self.buffers[name] = self.backend.upload(np.ascontiguousarray(array))
+
+    def ptrs(self) -> dict[str, int]:
+        return {name: buf.ptr for name, buf in self.buffers.items()}
+
+    def poison_outputs(self) -> None:
+        self.backend.memset(self.buffers["o"], POISON_BYTE)
+        self.backend.memset(self.buffers["lse"], POISON_BYTE)
+
+    def download_outputs(self) -> dict:
+        p = self.problem
+        o_bits = self.backend.download(self.buffers["o"], self.out_shapes["o"], p.out_dt.storage)
+        out = {"o": dtypes.decode(o_bits, p.out_dt)}
+        if p.lse:
+            out["lse"] = self.backend.download(self.buffers["lse"], self.out_shapes["lse"], np.float32)
+        return out
+
+    def close(self) -> None:
+        for buf in self.buffers.values():
+            self.backend.free(buf)
+        self.buffers.clear()

@@ -1,0 +1,95 @@
+"""The one place that judges an output against the reference. Checks return data, never a bool.
+
+Tolerance (derived, not guessed). O = sum_j p_j v_j / l. With the reference computed in fp32
+from the exact same (already quantised) inputs, a kernel's error has two sources:
+- rounding of P before the P.V product to the type the kernel keeps it in (u_p = unit roundoff
+  of that type; 0 for fp32, about 2^-11 for fp16, 2^-8 for bf16, 2^-4 for fp8 e4m3): each term is off
+  by at most u_p * p_j |v_j|, so |dO| <= u_p * max|V|;
+- rounding of O to the output type: |dO| <= u_out * |O|;
+- fp32 accumulation over Sk keys in a different order: about 4 * 2^-24 * log2(Sk) * max|V|.
+So atol = max|V| * (u_p + 4 * 2^-24 * log2(Sk)) and rtol = 2 * u_out (a factor 2 for the
+conversions on each side). fp8 inputs are judged against the reference computed from the
+dequantised fp8 inputs (max|V| is then the dequantised maximum). LSE: atol 1e-4 plus 1e-5
+relative (fp32 exp2/log2 arithmetic), infinities must match exactly. NaN never passes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import dtypes
+
+P_PRECISIONS = ("fp32", "input", "fp8")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+    lse_atol: float = 1e-4
+    lse_rtol: float = 1e-5
+
+
+@dataclass
+class Check:
+    max_abs: float
+    max_rel: float
+    mismatches: int
+    nan_count: int
+    count: int
+    atol: float
+    rtol: float
+
+    @property
+    def mismatch_frac(self) -> float:
+        return self.mismatches / self.count if self.count else 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.mismatches == 0
+
+
+def tolerance_for(problem, v_abs_max: float, p_precision: str = "input") -> Tolerance:
+    """See the module docstring. `p_precision` is what the implementation rounds P to."""
+    dt, out = problem.dt, problem.out_dt
+    if p_precision == "fp32":
+        u_p = 0.0
+    elif p_precision == "fp8":
+        u_p = 2.0 ** -4
+    elif p_precision == "input":
+        u_p = 2.0 ** -4 if dt.is_fp8 else dt.eps / 2
+    else:
+        raise ValueError(f"p_precision must be one of {P_PRECISIONS}")
+    longest = max(problem.seqlens_k() + [1])
+    accumulation = 4 * 2.0 ** -24 * math.log2(max(longest, 2))
+    return Tolerance(atol=max(v_abs_max, 1e-6) * (u_p + accumulation) + 1e-6, rtol=out.eps)  # 2 * u_out
+
+
+def compare(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> Check:
+    """Element-wise |a - e| <= atol + rtol*|e|; NaN in `actual` is always a mismatch, matching
+    infinities (LSE of fully masked rows) pass."""
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape:
+        raise ValueError(f"shape {a.shape} vs reference {e.shape}")
+    same_inf = np.isinf(a) & np.isinf(e) & (np.sign(a) == np.sign(e))
+    nan = np.isnan(a) | np.isnan(e)
+    with np.errstate(invalid="ignore"):
+        diff = np.where(same_inf, 0.0, np.abs(a - e))
+    diff = np.where(nan, np.inf, diff)
+    bad = diff > atol + rtol * np.where(np.isinf(e), 0.0, np.abs(e))
+    finite = np.isfinite(diff)
+    max_abs = float(diff[finite].max()) if finite.any() else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = diff / np.maximum(np.abs(e), atol)
+    max_rel = float(rel[finite].max()) if finite.any() else 0.0
+    if nan.any() or (~finite & ~nan).any():
+        max_abs = max_rel = math.inf
+    return Check(max_abs=max_abs, max_rel=max_rel, mismatches=int(bad.sum()), nan_count=int(np.isnan(a).sum()),
+                 count=int(a.size), atol=atol, rtol=rtol)
+
+
+def decode_output(bits: np.ndarray, problem) -> np.ndarray:
+    return dtypes.decode(bits, problem.out_dt)

@@ -1,0 +1,101 @@
+"""Our kernels on a real GPU against the NumPy reference (run on the device machine: pytest -m gpu).
+
+Every case is validated in full (every output row) with outputs poisoned before the launch.
+"""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from fmha_bench.problem import Problem
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    from fmha_bench.backends import BackendUnavailable, open_backend
+    try:
+        backend = open_backend(0)
+    except BackendUnavailable as e:
+        pytest.skip(f"no GPU: {e}")
+    from fmha_bench.providers.fmha import FmhaProvider
+    return backend, backend.device_info(), FmhaProvider()
+
+
+def _check(gpu, problem):
+    from fmha_bench.runner import run_once
+    backend, device, provider = gpu
+    reason = provider.supports(problem, device)
+    if reason:
+        pytest.skip(reason)
+    row = run_once(problem, provider, backend, device)
+    assert row.status == "ok", f"{problem.name()}: {row.status}: {row.reason}"
+    assert row.val_mode == "full"
+
+
+MASKS = ["0", "t", "b", "t:3,5", "b:16,0", "b:-1,0,4", "t:8,-1,2", "xt:33", "xb:20"]
+DTYPES = ["fp16", "bf16", "fp8_e4m3fn"]
+
+
+@pytest.mark.parametrize("dtype,mask", list(itertools.product(DTYPES, MASKS)))
+def test_every_mask_and_dtype_matches_reference(gpu, dtype, mask):
+    _check(gpu, Problem(batch=2, seqlen_q=77, seqlen_k=130, nhead_q=4, nhead_k=2, hdim_q=128, dtype=dtype, mask=mask,
+                        lse=True))
+
+
+@pytest.mark.parametrize("hdim_q,hdim_v", [(64, 64), (128, 128), (256, 256), (128, 64), (192, 128)])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_head_dims_match_reference(gpu, hdim_q, hdim_v, dtype):
+    _check(gpu, Problem(batch=1, seqlen_q=100, seqlen_k=100, nhead_q=2, hdim_q=hdim_q, hdim_v=hdim_v, dtype=dtype,
+                        mask="b"))
+
+
+@pytest.mark.parametrize("seqlen", [1, 7, 1000, 4097])
+def test_odd_sequence_lengths(gpu, seqlen):
+    _check(gpu, Problem(batch=1, seqlen_q=seqlen, seqlen_k=seqlen, nhead_q=2, hdim_q=64, mask="b", lse=True))
+
+
+def test_bottom_right_causal_with_more_queries_than_keys_masks_first_rows(gpu):
+    _check(gpu, Problem(batch=2, seqlen_q=90, seqlen_k=40, nhead_q=2, hdim_q=64, mask="b", lse=True))
+
+
+@pytest.mark.parametrize("ratio", [1, 4, 7, 16])
+def test_gqa_ratios(gpu, ratio):
+    _check(gpu, Problem(batch=2, seqlen_q=65, seqlen_k=200, nhead_q=ratio * 2, nhead_k=2, hdim_q=128, mask="b"))
+
+
+def test_varlen_with_empty_and_one_token_sequences(gpu):
+    _check(gpu, Problem(mode="group", batch=4, seqlen_q=[33, 0, 1, 130], seqlen_k=[50, 0, 1, 129], nhead_q=4,
+                        nhead_k=1, hdim_q=128, mask="b", lse=True))
+
+
+@pytest.mark.parametrize("softcap,sink", [(30.0, False), (0.0, True), (20.0, True)])
+def test_soft_cap_and_learned_sink(gpu, softcap, sink):
+    _check(gpu, Problem(batch=2, seqlen_q=64, seqlen_k=300, nhead_q=4, nhead_k=4, hdim_q=128, mask="b",
+                        soft_cap=softcap, sink=sink, lse=True))
+
+
+def test_fp8_e4m3fn_with_descales(gpu):
+    _check(gpu, Problem(batch=2, seqlen_q=256, seqlen_k=256, nhead_q=4, nhead_k=2, hdim_q=128, dtype="fp8_e4m3fn",
+                        mask="t", lse=True))
+
+
+@pytest.mark.parametrize("page_size", [1, 16, 256])
+@pytest.mark.parametrize("table", ["vllm", "sglang"])
+@pytest.mark.parametrize("kv_layout", ["hnd", "nhd"])
+def test_paged_kv_with_shuffled_pages_and_partial_last_page(gpu, page_size, table, kv_layout):
+    _check(gpu, Problem(family="paged", mode="group", batch=3, seqlen_q=[5, 1, 40], seqlen_k=[300, 17, 40],
+                        nhead_q=8, nhead_k=2, hdim_q=128, mask="b", page_size=page_size, page_table=table,
+                        kv_layout=kv_layout, lse=True))
+
+
+def test_paged_decode_batch_mode(gpu):
+    _check(gpu, Problem(family="paged", batch=4, seqlen_q=1, seqlen_k=1000, nhead_q=32, nhead_k=8, hdim_q=128,
+                        mask="b", page_size=16))
+
+
+def test_headwise_tables_never_read_recycled_blocks(gpu):
+    _check(gpu, Problem(family="paged", batch=2, seqlen_q=4, seqlen_k=700, nhead_q=8, nhead_k=4, hdim_q=128,
+                        mask="b", page_size=16, page_table="headwise", swa_heads=(1, 3), swa_window=64, swa_sink=16))

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One device-machine call: install, doctor, GPU tests, the shipped sweeps, reports.
+# Usage (on the GPU machine, from the repo root): bash tools/gpu_session.sh [tests|sweeps|all] [SWEEP...]
+# Logs and run directories go under $OUT (or ./gpu-out when OUT is unset).
+set -uo pipefail
+what=${1:-all}; shift || true
+out=${OUT:-gpu-out}; mkdir -p "$out"
+export PYTHONUNBUFFERED=1 FMHA_BENCH_CACHE=/tmp/fmha-cache
+pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 || { cat "$out/install.log"; exit 1; }
+fmha-bench doctor 2>&1 | tee "$out/doctor.txt"
+status=0
+if [[ $what == tests || $what == all ]]; then
+  python3 -m pytest -q -m gpu -x --no-header -p no:cacheprovider tests 2>&1 | tee "$out/pytest_gpu.log" | tail -40
+  status=${PIPESTATUS[0]}
+fi
+if [[ $what == sweeps || $what == all ]]; then
+  sweeps=("$@"); [[ ${#sweeps[@]} -eq 0 ]] && sweeps=(quick)
+  for s in "${sweeps[@]}"; do
+    fmha-bench sweep "$s" --results-dir "$out/runs" --run-id "$s" >"$out/sweep_$s.log" 2>&1
+    rc=$?; echo "sweep $s: exit $rc"; tail -5 "$out/sweep_$s.log"
+    fmha-bench report "$out/runs/$s" --markdown "$out/$s.md" --csv "$out/$s.csv" >/dev/null 2>&1
+  done
+  (cd "$out" && tar czf runs.tgz runs && rm -rf runs)
+fi
+exit $status
