@@ -1,0 +1,37 @@
+import math
+
+import numpy as np
+import pytest
+
+from fmha_bench.problem import Problem
+from fmha_bench.validate import compare, tolerance_for
+
+
+def test_nan_never_passes():
+    c = compare(np.array([1.0, np.nan]), np.array([1.0, 2.0]), 1e-3, 1e-3)
+    assert c.mismatches == 1 and c.nan_count == 1 and math.isinf(c.max_abs)
+
+
+def test_matching_infinities_pass_and_mismatched_ones_fail():
+    ok = compare(np.array([-np.inf, 1.0]), np.array([-np.inf, 1.0]), 1e-4, 0)
+    bad = compare(np.array([-np.inf, 1.0]), np.array([0.5, 1.0]), 1e-4, 0)
+    assert ok.passed and not bad.passed
+
+
+def test_relative_part_of_the_tolerance_scales_with_the_reference():
+    c = compare(np.array([100.5, 0.5]), np.array([100.0, 0.0]), 0.1, 0.01)
+    assert c.mismatches == 1  # 0.5 <= 0.1 + 1.0 passes; 0.5 > 0.1 fails
+
+
+@pytest.mark.parametrize("dtype,p_precision,expect_rtol", [("fp16", "input", 2 ** -10), ("bf16", "input", 2 ** -7),
+                                                            ("fp8_e4m3fn", "fp32", 2 ** -7)])
+def test_tolerance_follows_dtype_epsilon(dtype, p_precision, expect_rtol):
+    p = Problem(dtype=dtype, seqlen_q=1024)
+    tol = tolerance_for(p, v_abs_max=4.0, p_precision=p_precision)
+    assert tol.rtol == expect_rtol
+    assert tol.atol < 4.0 * (2 ** -4 if dtype.startswith("fp8") else 2 ** -6)
+
+
+def test_fp32_p_gets_a_tighter_bound_than_rounded_p():
+    p = Problem(dtype="fp16", seqlen_q=4096)
+    assert tolerance_for(p, 4.0, "fp32").atol < tolerance_for(p, 4.0, "input").atol / 10
