@@ -36,6 +36,8 @@ KV_LAYOUTS = ("hnd", "nhd")
 ROTARY_STYLES = ("interleaved", "half")
 PAGED_FAMILIES = ("paged", "appendkv", "mla", "mixed")
 
+MAX_BATCH, MAX_SEQLEN, MAX_HEADS = 1 << 16, 1 << 22, 1024  # guards against typos, far above real serving shapes
+
 SeqLens = Union[int, Tuple[int, ...]]
 
 
@@ -166,10 +168,12 @@ class Problem:
 
         need(self.family in FAMILIES, "family", f"unknown family {self.family!r}; one of {', '.join(FAMILIES)}")
         need(self.mode in MODES, "mode", f"unknown mode {self.mode!r}; one of {', '.join(MODES)}")
-        need(self.batch >= 1, "batch", f"must be >= 1, got {self.batch}")
+        need(1 <= self.batch <= MAX_BATCH, "batch", f"must be in 1..{MAX_BATCH}, got {self.batch}")
         need(self.dtype in dtypes.DTYPES, "dtype", f"unknown dtype {self.dtype!r}; one of {', '.join(dtypes.DTYPES)}")
         for name in ("seqlen_q", "seqlen_k"):
             value = getattr(self, name)
+            need(max(value if isinstance(value, tuple) else (value,), default=0) <= MAX_SEQLEN, name,
+                 f"lengths above {MAX_SEQLEN} are not supported")
             if isinstance(value, tuple):
                 need(self.mode == "group", name, "per-sequence lists need mode: group")
                 need(len(value) == self.batch, name, f"has {len(value)} entries for batch {self.batch}")
@@ -178,7 +182,7 @@ class Problem:
                 need(value >= 0, name, f"must be >= 0, got {value}")
             else:
                 need(value >= 1, name, f"must be >= 1 in batch mode, got {value} (use mode: group for empty sequences)")
-        need(self.nhead_q >= 1, "nhead_q", f"must be >= 1, got {self.nhead_q}")
+        need(1 <= self.nhead_q <= MAX_HEADS, "nhead_q", f"must be in 1..{MAX_HEADS}, got {self.nhead_q}")
         need(self.nhead_k >= 1 and self.nhead_q % self.nhead_k == 0, "nhead_k",
              f"nhead_q ({self.nhead_q}) must be a multiple of nhead_k ({self.nhead_k})")
         need(1 <= self.hdim_q <= 1024, "hdim_q", f"must be in 1..1024, got {self.hdim_q}")

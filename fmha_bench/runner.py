@@ -34,7 +34,7 @@ def run_sweep(sweep, points, options) -> int:
     except BackendUnavailable as e:
         raise UserError(f"{e}. Use --dry-run to expand the sweep without a GPU.") from None
     device = backend.device_info()
-    measure = _measure_settings(sweep)
+    measure = sweep.measure
     validate_mode = options.validate or sweep.validate.mode
     rows_per_head = sweep.validate.rows
     seed = options.seed if options.seed is not None else sweep.seed
@@ -89,12 +89,6 @@ def _provider_names(sweep, options) -> list[str]:
     return list(sweep.providers or ["fmha"])
 
 
-def _measure_settings(sweep) -> MeasureSettings:
-    m = sweep.measure
-    return MeasureSettings(warmup=m.warmup, min_samples=m.min_samples, max_samples=m.max_samples,
-                           max_noise=m.max_noise, time_budget_s=m.time_budget_s, l2_flush=m.l2_flush)
-
-
 def _compiler_versions() -> dict:
     try:
         from .build import compiler_versions
@@ -115,18 +109,11 @@ def _base_row(problem, provider, device, seed) -> Result:
 def _skipped_row(point, provider, device, seed, reason) -> Result:
     problem = point.problem
     if problem is None:
-        return Result(point_id=_fields_key(point.fields), name=str(point.fields), problem=dict(point.fields),
-                      provider=provider.name, status="skipped", reason=reason, device=device.name, arch=device.arch,
-                      seed=seed)
+        return Result(point_id=point.id, name=point.name, problem=dict(point.resolved), provider=provider.name,
+                      status="skipped", reason=reason, device=device.name, arch=device.arch, seed=seed)
     row = _base_row(problem, provider, device, seed)
     row.status, row.reason = "skipped", reason
     return row
-
-
-def _fields_key(fields: dict) -> str:
-    import hashlib
-    import json
-    return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _run_point(point, providers, backend, device, timer, measure, validate_mode, rows_per_head, seed, context_lost):

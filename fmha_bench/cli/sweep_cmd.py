@@ -1,0 +1,99 @@
+"""`fmha-bench sweep`: expand a sweep file, then run it, or with --dry-run show what would run."""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from .. import config
+from ..sweep import VALIDATE_MODES, Expansion, Sweep, SweepOptions, find_sweep, load_sweep, select_points
+
+EXAMPLES = """\b
+Examples:
+  fmha-bench sweep --dry-run                  the packaged quick sweep's points, no GPU needed
+  fmha-bench sweep                            run the quick sweep (under a minute)
+  fmha-bench sweep prefill --providers fmha   a packaged sweep by name (`fmha-bench list sweeps`)
+  fmha-bench sweep my.yaml --filter mask=causal --filter hdim_q=128 --limit 5
+  fmha-bench sweep decode --filter paged --validate off --run-id decode-baseline
+"""
+
+
+@click.command("sweep", epilog=EXAMPLES)
+@click.argument("sweep_file", required=False, metavar="[FILE]")
+@click.option("--dry-run", is_flag=True, help="Show the expanded points and exit (no GPU needed).")
+@click.option("--providers", metavar="A,B", help="Comma-separated providers, replacing the sweep's list.")
+@click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="GPU index.")
+@click.option("--validate", "validate_mode", type=click.Choice(VALIDATE_MODES),
+              help="Validation against the reference, replacing the sweep's mode.")
+@click.option("--run-id", metavar="ID", help="Name of the run directory (default: a timestamp).")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where run directories go (default: $FMHA_BENCH_RESULTS or ./results).")
+@click.option("--kernel", metavar="NAME", help="Use only this kernel instance of provider fmha (name or hash prefix).")
+@click.option("--seed", type=int, help="Input seed, replacing the sweep's.")
+@click.option("--filter", "filters", multiple=True, metavar="TEXT",
+              help="Keep points where FIELD=VALUE (`mask=causal`, `hdim_q=128`) or whose name, id or source "
+                   "contains TEXT. Repeatable: every filter must match.")
+@click.option("--limit", type=click.IntRange(min=1), help="Keep the first N points (after --filter).")
+def sweep(sweep_file, dry_run, providers, device, validate_mode, run_id, results_dir, kernel, seed, filters, limit):
+    """Run the points of a sweep FILE through its providers and record the results.
+
+    FILE is a sweep YAML file or the name of a packaged sweep (quick, prefill, paged, fp8,
+    decode, varlen); without it, the packaged quick sweep. The format is described in
+    `fmha_bench/sweep.py` and the README. Points that are not valid problems are listed as
+    skipped, with the reason.
+    """
+    loaded = load_sweep(find_sweep(sweep_file))
+    expansion = loaded.expansion()
+    points = select_points(expansion.points, filters, limit)
+    if dry_run:
+        _show_plan(loaded, expansion, points)
+        return
+    from ..runner import run_sweep  # here, not at the top: the run path pulls in the GPU side
+    options = SweepOptions(providers=providers, device=device, validate=validate_mode, run_id=run_id,
+                           results_dir=results_dir or config.results_dir(), kernel=kernel, seed=seed, filters=tuple(filters),
+                           limit=limit, argv=tuple(sys.argv))
+    sys.exit(run_sweep(loaded, points, options))
+
+
+def _show_plan(loaded: Sweep, expansion: Expansion, points: list) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..report import make_console
+    console = make_console()
+    console.print(f"sweep [bold]{loaded.name}[/]: {loaded.description}", highlight=False)
+    m, v = loaded.measure, loaded.validate
+    console.print(f"file {loaded.path} (sha256 {loaded.sha256[:12]}); providers {', '.join(loaded.providers)}; "
+                  f"validate {v.mode} ({v.rows} rows); measure: warmup {m.warmup}, {m.min_samples}..{m.max_samples} "
+                  f"samples, noise {m.max_noise:g}, budget {m.time_budget_s:g} s, L2 flush {'on' if m.l2_flush else 'off'}",
+                  style="dim", highlight=False)
+    table = Table(show_edge=False)
+    for header, justify in (("#", "right"), ("id", "left"), ("name", "left"), ("GFLOP", "right"),
+                            ("MB", "right"), ("from", "left"), ("skip reason", "left")):
+        table.add_column(header, justify=justify)
+    for index, point in enumerate(points):
+        problem = point.problem
+        gflop = f"{problem.flops() / 1e9:.4g}" if problem else ""
+        mbytes = f"{problem.bytes() / 1e6:.4g}" if problem else ""
+        cells = (str(index), point.id, point.name, gflop, mbytes, point.source, point.skip_reason or "")
+        table.add_row(*map(Text, cells), style="dim" if problem is None else None)  # Text: no markup, no emoji
+    console.print(table)
+    for line in _summary(expansion, points):
+        console.print(line, highlight=False)
+
+
+def _summary(expansion: Expansion, points: list) -> list:
+    skipped = Counter(p.skip_reason for p in points if p.problem is None)
+    selected = "" if len(points) == len(expansion.points) else f" (selected from {len(expansion.points)})"
+    lines = [f"{len(points)} points{selected}: {len(points) - sum(skipped.values())} to run, "
+             f"{sum(skipped.values())} skipped"]
+    lines += [f"  skipped {count} x {reason}" for reason, count in skipped.most_common()]
+    lines += [f"  excluded {count} by exclude[{rule}]" for rule, count in enumerate(expansion.excluded) if count]
+    lines += [f"  collapsed {', '.join(p.duplicates)} into {p.id} ({p.source}): same problem"
+              for p in points if p.duplicates]
+    return lines
+
+
+COMMANDS = [sweep]

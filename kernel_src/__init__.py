@@ -1,0 +1,1 @@
+"""HIP kernel sources (package data): found at run time with importlib.resources."""

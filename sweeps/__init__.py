@@ -1,0 +1,1 @@
+"""Shipped sweep files (package data): found at run time with importlib.resources."""
