@@ -10,6 +10,7 @@ VARIABLES = {
     "FMHA_BENCH_CK_BINARY": "path of Composable Kernel's tile_example_fmha_fwd",
     "FMHA_BENCH_ROCM_PATH": "ROCm (or unpacked HIP headers + device libs) root for AMD builds",
     "FMHA_BENCH_JOBS": "parallel compiler processes (default: CPU count)",
+    "CUDA_HOME / CUDA_PATH": "CUDA toolkit root, searched for nvcc after PATH",
 }
 
 
@@ -41,3 +42,7 @@ def rocm_path() -> str | None:
 def jobs() -> int:
     value = _get("FMHA_BENCH_JOBS")
     return max(1, int(value)) if value and value.isdigit() else max(1, os.cpu_count() or 1)
+
+
+def cuda_home() -> str | None:
+    return _get("CUDA_HOME") or _get("CUDA_PATH")

@@ -1,0 +1,355 @@
+"""Compiler drivers: turn a KernelSpec into a code object file (.cubin for NVIDIA, .co for AMD),
+and the choice of driver per arch.
+
+Preference per vendor (the first that is present and knows the arch wins):
+  NVIDIA: nvcc (PATH, then $CUDA_HOME/bin), then NVRTC through cuda-bindings.
+  AMD:    a ROCm install's clang (amdclang++ / clang++ / hipcc) under FMHA_BENCH_ROCM_PATH,
+          ROCM_PATH or /opt/rocm; else a distribution clang++-NN pointed at unpacked HIP headers
+          and device libraries (what .ci/setup-toolchains.sh prepares in .toolchain/; a checkout's
+          .toolchain/ is found without FMHA_BENCH_ROCM_PATH). Device code only: compiling needs
+          no HIP runtime and no GPU.
+Commands are argument lists, never shell strings: defines and paths cannot inject anything.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from .. import config
+from .arch import ARCHS, Arch
+from .instance import KernelSpec, instance_name
+
+COMPILE_TIMEOUT_S = 600
+# Upstream clang learned these arches late; older ones reject the --offload-arch.
+_MIN_UPSTREAM_CLANG = {"gfx950": 20, "gfx1201": 18}
+_OLDEST_USABLE_CLANG = 17
+_DEVICE_LIB_DIRS = ("lib/x86_64-linux-gnu/amdgcn/bitcode", "amdgcn/bitcode", "lib/amdgcn/bitcode")
+CHECKOUT_TOOLCHAIN = Path(__file__).resolve().parents[2] / ".toolchain" / "hip" / "usr"
+
+
+class CompileError(Exception):
+    """A compiler rejected an instance. The message carries the instance name, the command and
+    the compiler's own diagnostics, so a failing build explains itself."""
+
+
+class Compiler(ABC):
+    name: str
+
+    @abstractmethod
+    def identity(self) -> str:
+        """Everything about the compiler that changes its output (path, full version text)."""
+
+    @abstractmethod
+    def version(self) -> str:
+        """Short version for tables: 13.0.88, 19.1.7."""
+
+    @abstractmethod
+    def available(self) -> str | None:
+        """None when the compiler can run here, else why not."""
+
+    @abstractmethod
+    def supports(self, arch: Arch) -> str | None:
+        """None when the compiler can target `arch`, else why not."""
+
+    @abstractmethod
+    def flags(self, arch: Arch) -> list[str]:
+        """The fixed flags for `arch` (no paths: those differ between installs)."""
+
+    @abstractmethod
+    def compile(self, spec: KernelSpec, out_path: Path) -> None:
+        """Write the code object for `spec` to `out_path` or raise CompileError."""
+
+    def location(self) -> str:
+        return ""
+
+    def _error(self, spec: KernelSpec, command: str, diagnostics: str) -> CompileError:
+        return CompileError(f"{instance_name(spec, self)}: {self.name} failed\n"
+                            f"$ {command}\n{diagnostics.rstrip()}")
+
+
+# ----------------------------------------------------------------------------- subprocess drivers
+@functools.cache
+def _version_output(executable: Path) -> str | None:
+    """`executable --version`, asked once per process (compilers are looked up often)."""
+    try:
+        done = subprocess.run([str(executable), "--version"], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+class _ToolCompiler(Compiler):
+    """A compiler run as a subprocess, one process per instance."""
+
+    version_pattern: str
+
+    def __init__(self, executable: Path, name: str):
+        self.executable = Path(executable)
+        self.name = name
+
+    def _version_text(self) -> str | None:
+        return _version_output(self.executable)
+
+    def identity(self) -> str:
+        return f"{self.executable}\n{self._version_text()}"
+
+    def version(self) -> str:
+        match = re.search(self.version_pattern, self._version_text() or "")
+        return match.group(1) if match else "?"
+
+    def location(self) -> str:
+        return str(self.executable)
+
+    def available(self) -> str | None:
+        return None if self._version_text() is not None else f"{self.executable} does not run"
+
+    @abstractmethod
+    def command(self, spec: KernelSpec, out_path: Path) -> list[str]:
+        ...
+
+    def compile(self, spec: KernelSpec, out_path: Path) -> None:
+        command = self.command(spec, out_path)
+        shown = shlex.join(command)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True,
+                                  timeout=COMPILE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise self._error(spec, shown, f"timed out after {COMPILE_TIMEOUT_S} s") from None
+        except OSError as e:
+            raise self._error(spec, shown, str(e)) from None
+        if done.returncode != 0:
+            raise self._error(spec, shown, f"exit {done.returncode}\n{done.stderr}{done.stdout}")
+        if not out_path.is_file():
+            raise self._error(spec, shown, "exit 0 but no output file")
+
+
+class Nvcc(_ToolCompiler):
+    version_pattern = r"V(\d+\.\d+\.\d+)"
+
+    def __init__(self, executable: Path):
+        super().__init__(executable, "nvcc")
+
+    def supports(self, arch: Arch) -> str | None:
+        return None if arch.vendor == "nvidia" else f"nvcc cannot target {arch.name}"
+
+    def flags(self, arch: Arch) -> list[str]:
+        # compute_90a + sm_90a: arch-specific instructions (wgmma, setmaxnreg) need both halves.
+        sm = arch.name[len("sm_"):]
+        return ["-x", "cu", "-cubin", f"-gencode=arch=compute_{sm},code=sm_{sm}",
+                "-O3", "-std=c++17"]
+
+    def command(self, spec: KernelSpec, out_path: Path) -> list[str]:
+        return [str(self.executable), *self.flags(spec.target), f"-I{spec.include_dir()}",
+                *spec.define_flags(), str(spec.source_path()), "-o", str(out_path)]
+
+
+class HipClang(_ToolCompiler):
+    """clang in HIP device-only mode: a ROCm clang, or an upstream clang (`upstream=True`)
+    pointed at unpacked HIP headers (`rocm_path`) and device bitcode (`device_lib_dir`)."""
+
+    version_pattern = r"clang version (\d+(?:\.\d+)*)"
+
+    def __init__(self, executable: Path, name: str, rocm_path: Path,
+                 device_lib_dir: Path | None = None, upstream: bool = False):
+        super().__init__(executable, name)
+        self.rocm_path = Path(rocm_path)
+        self.device_lib_dir = device_lib_dir
+        self.upstream = upstream
+
+    def identity(self) -> str:
+        return f"{super().identity()}\nrocm={self.rocm_path}\ndevice-libs={self.device_lib_dir}"
+
+    def location(self) -> str:
+        return f"{self.executable} (HIP headers: {self.rocm_path})"
+
+    def _major(self) -> int:
+        return int(self.version().split(".")[0]) if self.version() != "?" else 0
+
+    def supports(self, arch: Arch) -> str | None:
+        if arch.vendor != "amd":
+            return f"{self.name} (HIP) cannot target {arch.name}"
+        needed = _MIN_UPSTREAM_CLANG.get(arch.name, _OLDEST_USABLE_CLANG)
+        if self.upstream and self._major() < needed:
+            return f"{self.name} {self.version()} does not know {arch.name} (needs clang >= {needed})"
+        if self.device_lib_dir is not None:
+            isa = self.device_lib_dir / f"oclc_isa_version_{arch.isa_version}.bc"
+            if not isa.is_file():
+                return f"{isa} is missing (.ci/setup-toolchains.sh generates it)"
+        return None
+
+    def flags(self, arch: Arch) -> list[str]:
+        return ["-x", "hip", "-std=c++17", f"--offload-arch={arch.name}", "--cuda-device-only",
+                "--no-gpu-bundle-output", "-O3", "-c"]
+
+    def command(self, spec: KernelSpec, out_path: Path) -> list[str]:
+        paths = [f"--rocm-path={self.rocm_path}"]
+        if self.device_lib_dir is not None:
+            paths.append(f"--rocm-device-lib-path={self.device_lib_dir}")
+        return [str(self.executable), *self.flags(spec.target), *paths, f"-I{spec.include_dir()}",
+                *spec.define_flags(), str(spec.source_path()), "-o", str(out_path)]
+
+
+# ----------------------------------------------------------------------------- NVRTC
+@functools.cache
+def _nvrtc_setup() -> tuple[str, str] | str:
+    """(NVRTC version, CUDA header dir), or why NVRTC cannot be used."""
+    try:
+        from cuda.bindings import nvrtc
+        from cuda.pathfinder import find_nvidia_header_directory
+    except ImportError as e:
+        return f"cuda-bindings is not installed ({e}); pip install 'fmha-bench[cuda]'"
+    try:
+        _, major, minor = nvrtc.nvrtcVersion()
+    except (RuntimeError, OSError) as e:  # cuda.pathfinder's DynamicLibNotFoundError
+        return f"libnvrtc cannot be loaded ({str(e).splitlines()[0]}); pip install nvidia-cuda-nvrtc"
+    headers = find_nvidia_header_directory("cudart")
+    if headers is None:
+        return "CUDA runtime headers not found; pip install nvidia-cuda-runtime"
+    return f"{major}.{minor}", headers
+
+
+class Nvrtc(Compiler):
+    """NVRTC through cuda-bindings: CUDA's compiler as a library, for machines without nvcc.
+    It runs in-process, so COMPILE_TIMEOUT_S cannot interrupt it."""
+
+    name = "nvrtc"
+
+    def identity(self) -> str:
+        version, headers = _nvrtc_setup()
+        return f"nvrtc {version}\nheaders={headers}"
+
+    def version(self) -> str:
+        setup = _nvrtc_setup()
+        return setup[0] if isinstance(setup, tuple) else "?"
+
+    def location(self) -> str:
+        setup = _nvrtc_setup()
+        return f"cuda-bindings (headers: {setup[1]})" if isinstance(setup, tuple) else ""
+
+    def available(self) -> str | None:
+        setup = _nvrtc_setup()
+        return setup if isinstance(setup, str) else None
+
+    def supports(self, arch: Arch) -> str | None:
+        return None if arch.vendor == "nvidia" else f"nvrtc cannot target {arch.name}"
+
+    def flags(self, arch: Arch) -> list[str]:
+        return [f"-arch={arch.name}", "-std=c++17"]  # a real sm_* arch makes NVRTC emit a cubin
+
+    def compile(self, spec: KernelSpec, out_path: Path) -> None:
+        from cuda.bindings import nvrtc
+        _, headers = _nvrtc_setup()
+        options = [*self.flags(spec.target), f"-I{spec.include_dir()}", f"-I{headers}",
+                   *spec.define_flags()]
+        source = spec.source_path()
+        _, program = nvrtc.nvrtcCreateProgram(source.read_bytes(), str(source).encode(), 0, [], [])
+        try:
+            (result,) = nvrtc.nvrtcCompileProgram(program, len(options),
+                                                  [o.encode() for o in options])
+            if result != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+                _, size = nvrtc.nvrtcGetProgramLogSize(program)
+                log = b" " * size
+                nvrtc.nvrtcGetProgramLog(program, log)
+                raise self._error(spec, f"nvrtc {shlex.join(options)} {source}",
+                                  f"{result.name}\n{log.rstrip(bytes(1)).decode(errors='replace')}")
+            _, size = nvrtc.nvrtcGetCUBINSize(program)
+            cubin = b" " * size
+            nvrtc.nvrtcGetCUBIN(program, cubin)
+        finally:
+            nvrtc.nvrtcDestroyProgram(program)
+        out_path.write_bytes(cubin)
+
+
+# ----------------------------------------------------------------------------- discovery
+def _find_nvcc() -> Path | None:
+    found = shutil.which("nvcc")
+    if found:
+        return Path(found)
+    home = config.cuda_home()
+    nvcc = Path(home) / "bin" / "nvcc" if home else None
+    return nvcc if nvcc and nvcc.is_file() else None
+
+
+def _find_upstream_clang() -> tuple[Path, str] | None:
+    """The newest clang++-NN on PATH, else plain clang++ (HipClang.supports checks its age)."""
+    for name in [f"clang++-{n}" for n in range(30, _OLDEST_USABLE_CLANG - 1, -1)] + ["clang++"]:
+        path = shutil.which(name)
+        if path:
+            return Path(path), name
+    return None
+
+
+def _rocm_roots() -> list[Path]:
+    roots = [config.rocm_path(), str(CHECKOUT_TOOLCHAIN), "/opt/rocm"]
+    return [Path(r) for r in dict.fromkeys(r for r in roots if r) if Path(r).is_dir()]
+
+
+def _amd_compiler_at(root: Path) -> Compiler | None:
+    """A ROCm install's clang under `root`, or an upstream clang if `root` holds unpacked HIP
+    headers and device libraries."""
+    for relative, name in (("llvm/bin/amdclang++", "amdclang++"), ("llvm/bin/clang++", "clang++"),
+                           ("bin/hipcc", "hipcc")):
+        if (root / relative).is_file():
+            return HipClang(root / relative, name, root)
+    device_libs = next((root / d for d in _DEVICE_LIB_DIRS if (root / d).is_dir()), None)
+    clang = _find_upstream_clang()
+    if (root / "include/hip/hip_runtime.h").is_file() and device_libs and clang:
+        return HipClang(*clang, root, device_libs, upstream=True)
+    return None
+
+
+def candidates(vendor: str) -> list[Compiler]:
+    """Every compiler found for `vendor`, most preferred first."""
+    if vendor == "amd":
+        return [c for c in map(_amd_compiler_at, _rocm_roots()) if c is not None]
+    nvcc = _find_nvcc()
+    return ([Nvcc(nvcc)] if nvcc else []) + [Nvrtc()]
+
+
+def compiler_for(arch: Arch) -> Compiler | str:
+    """The preferred compiler able to build for `arch`, or why there is none."""
+    reasons = []
+    for compiler in candidates(arch.vendor):
+        reason = compiler.available() or compiler.supports(arch)
+        if reason is None:
+            return compiler
+        reasons.append(f"{compiler.name}: {reason}")
+    if not reasons:
+        reasons.append("no ROCm install or unpacked HIP toolchain found (set "
+                       "FMHA_BENCH_ROCM_PATH, or run .ci/setup-toolchains.sh)")
+    return f"no compiler for {arch.name}: " + "; ".join(reasons)
+
+
+def compiler_versions() -> dict[str, str]:
+    """{compiler name: version} of every usable compiler, for run metadata."""
+    return {c.name: c.version() for vendor in ("nvidia", "amd") for c in candidates(vendor)
+            if c.available() is None}
+
+
+def compiler_report() -> list[tuple[str, bool, str]]:
+    """(name, usable, detail) per compiler found, and per vendor left without one: for
+    `fmha-bench doctor`."""
+    rows = []
+    for vendor in ("nvidia", "amd"):
+        found = candidates(vendor)
+        for compiler in found:
+            reason = compiler.available()
+            if reason:
+                rows.append((compiler.name, False, reason))
+                continue
+            archs = [a for a in ARCHS.values() if a.vendor == vendor]
+            cannot = [f"{a.name} ({why})" for a in archs if (why := compiler.supports(a))]
+            detail = f"{compiler.version()} at {compiler.location()}"
+            rows.append((compiler.name, True, detail + (f"; cannot build {', '.join(cannot)}"
+                                                        if cannot else "")))
+        if not found:
+            rows.append((f"{vendor} compiler", False, compiler_for(
+                next(a for a in ARCHS.values() if a.vendor == vendor))))
+    return rows
