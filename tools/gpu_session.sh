@@ -9,8 +9,10 @@ export PYTHONUNBUFFERED=1 FMHA_BENCH_CACHE=/tmp/fmha-cache
 pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 || { cat "$out/install.log"; exit 1; }
 fmha-bench doctor 2>&1 | tee "$out/doctor.txt"
 status=0
+arch=$(python3 -c "from fmha_bench.backends import open_backend; print(open_backend(0).device_info().arch)")
+time fmha-bench build sweeps/*.yaml --arch "$arch" --check >"$out/build.log" 2>&1; echo "build exit $?"; tail -4 "$out/build.log"
 if [[ $what == tests || $what == all ]]; then
-  python3 -m pytest -q -m gpu -x --no-header -p no:cacheprovider tests 2>&1 | tee "$out/pytest_gpu.log" | tail -40
+  python3 -m pytest -q -m gpu --no-header -p no:cacheprovider tests 2>&1 | tee "$out/pytest_gpu.log" | tail -40
   status=${PIPESTATUS[0]}
 fi
 if [[ $what == sweeps || $what == all ]]; then
