@@ -6,7 +6,9 @@ set -uo pipefail
 what=${1:-all}; shift || true
 out=${OUT:-gpu-out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 FMHA_BENCH_CACHE=/tmp/fmha-cache
-pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 || { cat "$out/install.log"; exit 1; }
+# The image's python3 (with torch, numpy) may not be the one behind pip's console scripts.
+fmha-bench() { python3 -m fmha_bench "$@"; }
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 || { cat "$out/install.log"; exit 1; }
 fmha-bench doctor 2>&1 | tee "$out/doctor.txt"
 status=0
 arch=$(python3 -c "from fmha_bench.backends import open_backend; print(open_backend(0).device_info().arch)")

@@ -1,0 +1,4 @@
+"""`python -m fmha_bench` = the `fmha-bench` command."""
+from .cli import main
+
+main()
