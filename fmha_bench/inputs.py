@@ -62,14 +62,21 @@ class Inputs:
         return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
 
 
-def _quantized(rng, shape, dt: dtypes.DType, spread: float = 1.0):
+# Tensors larger than this repeat a pool of this many normal values: drawing and encoding GBs of
+# fresh randoms costs minutes on a CPU, and a prime period never lines up with a page, head or
+# row stride, so a kernel that reads the wrong element still reads a different value.
+VALUE_POOL = 1_048_573
+
+
+def _random(rng, shape, dt: dtypes.DType):
     """Normal values stored as `dt`; fp8 gets a per-tensor descale that uses its full range."""
-    x = rng.standard_normal(shape, dtype=np.float32) * spread
-    if not dt.is_fp8:
-        return dtypes.encode(x, dt), 1.0
-    descale = float(np.abs(x).max() / dt.max) if x.size else 1.0
-    descale = descale or 1.0
-    return dtypes.encode(x / descale, dt), descale
+    n = int(np.prod(shape))
+    pool = rng.standard_normal(min(n, VALUE_POOL), dtype=np.float32)
+    descale = 1.0
+    if dt.is_fp8 and pool.size:
+        descale = float(np.abs(pool).max()) / dt.max or 1.0
+    bits = dtypes.encode(pool / np.float32(descale), dt)
+    return np.resize(bits, n).reshape(shape), descale
 
 
 def _cumsum0(lens) -> np.ndarray:
@@ -85,7 +92,7 @@ def make_inputs(problem: Problem, seed: int = 0) -> Inputs:
     group = p.mode == "group"
 
     q_shape = (sum(sq), Hq, Dq) if group else (B, Hq, sq[0], Dq)
-    q, q_descale = _quantized(rng, q_shape, dt)
+    q, q_descale = _random(rng, q_shape, dt)
     inputs = Inputs(problem=p, seed=seed, q=q, k=None, v=None, seqstart_q=_cumsum0(sq),
                     seqstart_k=_cumsum0(sk), seqlen_k=np.asarray(sk, dtype=np.int32), q_descale=q_descale)
     if p.sink:
@@ -94,80 +101,77 @@ def make_inputs(problem: Problem, seed: int = 0) -> Inputs:
     if not p.is_paged:
         k_shape = (sum(sk), Hk, Dq) if group else (B, Hk, sk[0], Dq)
         v_shape = k_shape[:-1] + (Dv,)
-        inputs.k, inputs.k_descale = _quantized(rng, k_shape, dt)
-        inputs.v, inputs.v_descale = _quantized(rng, v_shape, dt)
+        inputs.k, inputs.k_descale = _random(rng, k_shape, dt)
+        inputs.v, inputs.v_descale = _random(rng, v_shape, dt)
         return inputs
 
-    tokens_k = [_token_values(rng, n, Hk, Dq) for n in sk]  # logical per-sequence K, float32 [Sk,Hk,D]
-    if p.family == "mla":
-        inputs.k_descale = _fp8_descale(tokens_k, dt)
-        inputs.tables, inputs.k = _build_cache(p, rng, tokens_k, dt, inputs.k_descale)
-        return inputs
-    tokens_v = [_token_values(rng, n, Hk, Dv) for n in sk]
-    inputs.k_descale, inputs.v_descale = _fp8_descale(tokens_k, dt), _fp8_descale(tokens_v, dt)
+    # Paged: draw the whole cache at once, then NaN every slot that holds no token.
+    tables = inputs.tables = _make_tables(p, rng)
+    valid = _token_slots(p, tables)
+    inputs.k, inputs.k_descale = _random(rng, (tables.num_pages, Hk, p.page_size, Dq), dt)
+    if p.family != "mla":
+        inputs.v, inputs.v_descale = _random(rng, (tables.num_pages, Hk, p.page_size, Dv), dt)
     if p.family == "appendkv":
-        _split_off_new_tokens(p, rng, inputs, tokens_k, tokens_v)
-    inputs.tables, inputs.k = _build_cache(p, rng, tokens_k, dt, inputs.k_descale)
-    _, inputs.v = _build_cache(p, rng, tokens_v, dt, inputs.v_descale, tables=inputs.tables)
+        _split_off_new_tokens(p, inputs, valid)
+    for name in ("k", "v"):
+        cache = getattr(inputs, name)
+        if cache is not None:
+            cache[~valid] = dtypes.poison((), dt)
+            if p.kv_layout == "nhd":
+                setattr(inputs, name, np.ascontiguousarray(cache.transpose(0, 2, 1, 3)))
     return inputs
 
 
-def _token_values(rng, n, heads, dim):
-    return rng.standard_normal((n, heads, dim), dtype=np.float32)
+def _kv_pages(p: Problem, tables: PageTables, b: int, kv_head: int) -> np.ndarray:
+    ids = tables.pages[b][kv_head] if p.page_table == "headwise" else tables.pages[b]
+    return np.asarray(ids, dtype=np.int64)
 
 
-def _fp8_descale(tokens, dt) -> float:
-    if not dt.is_fp8:
-        return 1.0
-    amax = max((float(np.abs(t).max()) for t in tokens if t.size), default=0.0)
-    return amax / dt.max if amax else 1.0
+def _token_slots(p: Problem, tables: PageTables) -> np.ndarray:
+    """bool [num_pages, Hk, P]: the cache slots that hold a token."""
+    P = p.page_size
+    valid = np.zeros((tables.num_pages, p.nhead_k, P), dtype=bool)
+    heads = range(p.nhead_k) if p.page_table == "headwise" else [slice(None)]
+    for b, n in enumerate(p.seqlens_k()):
+        full, rest = divmod(n, P)
+        for h in heads:
+            ids = _kv_pages(p, tables, b, 0 if isinstance(h, slice) else h)
+            whole = ids[:full]
+            valid[whole[whole >= 0], h] = True
+            if rest and ids[full] >= 0:
+                valid[ids[full], h, :rest] = True
+    return valid
 
 
-def _split_off_new_tokens(p: Problem, rng, inputs: Inputs, tokens_k, tokens_v):
-    """appendkv: the last seqlen_q tokens of each sequence arrive as new K/V (unrotated); the
-    cache holds only the first cache_len tokens, the new slots are NaN until the append."""
-    cache_len = p.cache_lens()
-    new_k = [t[c:] for t, c in zip(tokens_k, cache_len)]
-    new_v = [t[c:] for t, c in zip(tokens_v, cache_len)]
+def _split_off_new_tokens(p: Problem, inputs: Inputs, valid):
+    """appendkv: the last seqlen_q tokens of each sequence arrive as new K/V (unrotated); their
+    cache slots are emptied (NaN) until the append writes them."""
+    P, cache_len = p.page_size, p.cache_lens()
+    new_k, new_v = [], []
+    for b, (c, n) in enumerate(zip(cache_len, p.seqlens_k())):
+        positions = np.arange(c, n)
+        slots = positions % P
+        per_head_k, per_head_v = [], []
+        for h in range(p.nhead_k):
+            pages = _kv_pages(p, inputs.tables, b, h)[positions // P]
+            per_head_k.append(inputs.k[pages, h, slots])
+            per_head_v.append(inputs.v[pages, h, slots])
+            valid[pages, h, slots] = False
+        new_k.append(np.stack(per_head_k, axis=1))  # [S_new, Hk, D]
+        new_v.append(np.stack(per_head_v, axis=1))
     if p.mode == "group":
-        stack = lambda ts, d: np.concatenate(ts, axis=0) if ts else np.zeros((0, p.nhead_k, d), np.float32)  # noqa: E731
-        k_new, v_new = stack(new_k, p.hdim_q), stack(new_v, p.hdim_v)
+        k_new, v_new = np.concatenate(new_k, axis=0), np.concatenate(new_v, axis=0)
     else:
         k_new = np.stack(new_k).transpose(0, 2, 1, 3)
         v_new = np.stack(new_v).transpose(0, 2, 1, 3)
-    inputs.k_new, inputs.v_new = dtypes.encode(k_new, p.dt), dtypes.encode(v_new, p.dt)
+    inputs.k_new, inputs.v_new = k_new, v_new
     inputs.cache_len = np.asarray(cache_len, dtype=np.int32)
-    for t, c in zip(tokens_k + tokens_v, cache_len + cache_len):
-        t[c:] = np.nan
-    max_pos = max(p.seqlens_k())
     half = p.rotary_dim // 2
     if half:
         inv_freq = 10000.0 ** (-np.arange(half, dtype=np.float64) / half)
-        angles = np.arange(max_pos, dtype=np.float64)[:, None] * inv_freq[None, :]
+        angles = np.arange(max(p.seqlens_k()), dtype=np.float64)[:, None] * inv_freq[None, :]
         inputs.rope_cos = np.cos(angles).astype(np.float32)
         inputs.rope_sin = np.sin(angles).astype(np.float32)
-
-
-def _build_cache(p: Problem, rng, tokens, dt, descale, tables: Optional[PageTables] = None):
-    """Scatter per-sequence tokens [Sk,Hk,D] into a NaN-initialised paged cache along shuffled
-    page ids. The page tables are drawn once (for K) and reused for V."""
-    P, Hk = p.page_size, p.nhead_k
-    dim = tokens[0].shape[-1] if tokens else p.hdim_q
-    if tables is None:
-        tables = _make_tables(p, rng)
-    cache = np.full((tables.num_pages, Hk, P, dim), np.nan, dtype=np.float32)
-    for b, t in enumerate(tokens):
-        for h in range(Hk):
-            ids = tables.pages[b][h] if p.page_table == "headwise" else tables.pages[b]
-            for logical, page in enumerate(ids):
-                if page < 0:
-                    continue
-                chunk = t[logical * P:(logical + 1) * P, h]
-                cache[page, h, :len(chunk)] = chunk
-    if p.kv_layout == "nhd":
-        cache = cache.transpose(0, 2, 1, 3)
-    cache = np.ascontiguousarray(cache / descale)
-    return tables, dtypes.encode(cache, dt)
 
 
 def _make_tables(p: Problem, rng) -> PageTables:
