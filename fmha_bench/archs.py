@@ -7,20 +7,16 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib.resources
 import json
-from pathlib import Path
 
+from .package_data import kernel_src_dir
 from .errors import UserError
 
 SPECS_FILE = "arch_specs.json"
 
 
 def _specs_text() -> str:
-    try:
-        return importlib.resources.files("fmha_bench.kernel_src").joinpath(SPECS_FILE).read_text()
-    except ModuleNotFoundError:  # a source checkout that is not installed
-        return (Path(__file__).resolve().parents[1] / "kernel_src" / SPECS_FILE).read_text()
+    return (kernel_src_dir() / SPECS_FILE).read_text()
 
 
 @functools.cache

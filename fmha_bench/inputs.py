@@ -175,7 +175,7 @@ def _split_off_new_tokens(p: Problem, inputs: Inputs, valid):
 
 
 def _make_tables(p: Problem, rng) -> PageTables:
-    P, B, Hk = p.page_size, p.batch, p.nhead_k
+    P, B = p.page_size, p.batch
     sk = p.seqlens_k()
     n_pages = [-(-n // P) for n in sk]
     max_pages = max(max(n_pages), 1)
@@ -201,7 +201,7 @@ def _make_tables(p: Problem, rng) -> PageTables:
 def _make_headwise_tables(p: Problem, rng, n_pages, max_pages) -> PageTables:
     """Each KV head owns its own pool of slabs cache[id, h]; SWA heads keep only the blocks
     their sink and window touch, the others are recycled (-1)."""
-    P, B, Hk = p.page_size, p.batch, p.nhead_k
+    B, Hk = p.batch, p.nhead_k
     keep = [[_blocks_needed(p, b, h) for h in range(Hk)] for b in range(B)]
     per_head = [sum(len(keep[b][h]) for b in range(B)) for h in range(Hk)]
     num_pages = max(per_head) + SPARE_PAGES

@@ -49,7 +49,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import importlib.resources
 import itertools
 import math
 import re
@@ -58,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+from .package_data import sweeps_dir
 from . import dtypes, yaml_lines
 from .errors import UserError
 from .masks import MaskError, parse_mask
@@ -508,10 +508,7 @@ def _line_of(value) -> int:
 # ----------------------------------------------------------------------------- packaged sweeps
 def packaged_sweeps_dir():
     """The directory of the sweeps shipped with the package."""
-    try:
-        return importlib.resources.files("fmha_bench.sweeps")
-    except ModuleNotFoundError:  # a source checkout used without installing: sweeps/ sits beside the package
-        return Path(__file__).resolve().parent.parent / "sweeps"
+    return sweeps_dir()
 
 
 def packaged_sweeps() -> dict:

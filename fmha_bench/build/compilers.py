@@ -13,7 +13,6 @@ Commands are argument lists, never shell strings: defines and paths cannot injec
 from __future__ import annotations
 
 import functools
-import os
 import re
 import shlex
 import shutil

@@ -8,12 +8,12 @@ reuses a stale cache entry.
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..package_data import kernel_src_dir
 from .arch import Arch, get_arch
 
 if TYPE_CHECKING:
@@ -51,8 +51,7 @@ class KernelSpec:
     def source_path(self) -> Path:
         if Path(self.source).is_absolute():
             return Path(self.source)
-        # joinpath answers with a real Path even when kernel_src is a namespace package.
-        return Path(importlib.resources.files("fmha_bench.kernel_src").joinpath(self.source))
+        return kernel_src_dir() / self.source
 
     def include_dir(self) -> Path:
         return self.source_path().parent

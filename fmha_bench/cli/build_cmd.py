@@ -2,20 +2,20 @@
 GPU. CI runs it over every shipped sweep to prove the kernels compile for each target."""
 from __future__ import annotations
 
-import importlib.resources
 import sys
 import time
 from collections import Counter
 
 import click
 
+from ..package_data import sweeps_dir
 from ..errors import EXIT_POINT_FAILED
 
 _STATUS_STYLE = {"built": "green", "cached": "cyan", "failed": "red"}
 
 
 def default_sweep() -> str:
-    return str(importlib.resources.files("fmha_bench.sweeps").joinpath("quick.yaml"))
+    return str(sweeps_dir() / "quick.yaml")
 
 
 def specs_for(sweep_paths, arch_names: list[str]) -> list:
