@@ -52,3 +52,12 @@ def test_no_gpu_gives_a_reason_per_runtime(monkeypatch):
                                            ("garbage", 60443483, False)])
 def test_hip_python_version_must_match_the_rocm_runtime(hp, runtime, ok):
     assert versions_match(hp, runtime) is ok
+
+
+def test_kernel_arguments_point_at_one_copy_of_the_struct_bytes():
+    import ctypes
+
+    from fmha_bench.backends.base import KernelArguments
+    args = KernelArguments(b"\x01\x02\x03\x04")
+    struct_address = ctypes.c_void_p.from_address(args.address).value
+    assert ctypes.string_at(struct_address, 4) == b"\x01\x02\x03\x04"

@@ -101,8 +101,9 @@ class Backend(ABC):
         """Allow `nbytes` of dynamic shared memory (needed above 48 KiB on NVIDIA)."""
 
     @abstractmethod
-    def launch(self, function, grid, block, shared_bytes: int, args: bytes, stream=None) -> None:
-        """Launch with one by-value struct argument whose bytes are `args`."""
+    def launch(self, function, grid, block, shared_bytes: int, args: "KernelArguments", stream=None) -> None:
+        """Launch with one by-value struct argument (`KernelArguments`, built once per point so
+        nothing is packed between the timing events)."""
 
     # ------------------------------------------------------------------ sync and timing
     @abstractmethod
@@ -125,9 +126,11 @@ class Backend(ABC):
         """Release the context (optional)."""
 
 
-def single_struct_argument(args: bytes):
-    """The void** array a launch API wants for a kernel taking one by-value struct. Returns
-    (address, keepalive): keep the second object alive until the launch call returns."""
-    blob = ctypes.create_string_buffer(args, len(args))
-    pointers = (ctypes.c_void_p * 1)(ctypes.addressof(blob))
-    return ctypes.addressof(pointers), (blob, pointers)
+class KernelArguments:
+    """The void** array a launch API wants for a kernel taking one by-value struct; `address`
+    stays valid as long as this object lives."""
+
+    def __init__(self, struct_bytes: bytes):
+        self._blob = ctypes.create_string_buffer(struct_bytes, len(struct_bytes))
+        self._pointers = (ctypes.c_void_p * 1)(ctypes.addressof(self._blob))
+        self.address = ctypes.addressof(self._pointers)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Backend, BackendError, BackendUnavailable, DeviceBuffer, DeviceInfo, single_struct_argument
+from .base import Backend, BackendError, BackendUnavailable, DeviceBuffer, DeviceInfo
 
 # Errors after which the context is unusable: the point crashed and the worker must restart.
 _STICKY = {"CUDA_ERROR_ILLEGAL_ADDRESS", "CUDA_ERROR_ASSERT", "CUDA_ERROR_HARDWARE_STACK_ERROR",
@@ -109,11 +109,9 @@ class CudaBackend(Backend):
         attr = self.cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
         self._check(self.cu.cuFuncSetAttribute(function, attr, int(nbytes)), "cuFuncSetAttribute")
 
-    def launch(self, function, grid, block, shared_bytes: int, args: bytes, stream=None) -> None:
-        address, keepalive = single_struct_argument(args)
-        self._check(self.cu.cuLaunchKernel(function, *grid, *block, int(shared_bytes), stream or 0, address, 0),
+    def launch(self, function, grid, block, shared_bytes: int, args, stream=None) -> None:
+        self._check(self.cu.cuLaunchKernel(function, *grid, *block, int(shared_bytes), stream or 0, args.address, 0),
                     "cuLaunchKernel")
-        del keepalive
 
     # ------------------------------------------------------------------ sync and timing
     def synchronize(self) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Backend, BackendError, BackendUnavailable, DeviceBuffer, DeviceInfo, single_struct_argument
+from .base import Backend, BackendError, BackendUnavailable, DeviceBuffer, DeviceInfo
 
 _STICKY = {"hipErrorIllegalAddress", "hipErrorAssert", "hipErrorLaunchFailure", "hipErrorIllegalState",
            "hipErrorLaunchTimeOut", "hipErrorMemoryAllocation"}
@@ -119,11 +119,9 @@ class HipBackend(Backend):
         if nbytes > AMD_LDS_BYTES:
             raise BackendError(f"{nbytes} bytes of shared memory exceed the {AMD_LDS_BYTES}-byte LDS")
 
-    def launch(self, function, grid, block, shared_bytes: int, args: bytes, stream=None) -> None:
-        address, keepalive = single_struct_argument(args)
-        self._check(self.hip.hipModuleLaunchKernel(function, *grid, *block, int(shared_bytes), stream, address, None),
+    def launch(self, function, grid, block, shared_bytes: int, args, stream=None) -> None:
+        self._check(self.hip.hipModuleLaunchKernel(function, *grid, *block, int(shared_bytes), stream, args.address, None),
                     "hipModuleLaunchKernel")
-        del keepalive
 
     def synchronize(self) -> None:
         self._check(self.hip.hipDeviceSynchronize(), "kernel execution (hipDeviceSynchronize)")

@@ -44,6 +44,7 @@ class FmhaProvider(Provider):
             self._built.update(build_all(list(specs), jobs=jobs))
 
     def prepare(self, problem, session) -> Prepared:
+        from ..backends.base import KernelArguments
         from ..build import instance_name
         from ..kernels import kernel_args, launch_config
         backend = session.backend
@@ -65,7 +66,7 @@ class FmhaProvider(Provider):
         grid, block, shared = launch_config(spec, problem)
         if shared > 48 * 1024:
             backend.set_dynamic_shared(function, shared)
-        args = kernel_args(problem, session.inputs, session.ptrs())
+        args = KernelArguments(kernel_args(problem, session.inputs, session.ptrs()))
 
         def launch():
             backend.launch(function, grid, block, shared, args)
