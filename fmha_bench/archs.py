@@ -1,5 +1,6 @@
 """GPU architectures as the kernels and the reports see them (kernel_src/arch_specs.json):
-wave size, fp8 flavour, dtypes, tile configurations of the portable kernel, datasheet peaks.
+wave size, fp8 flavour, dtypes, tile configurations of the portable and tensor-core kernels,
+datasheet peaks.
 
 The build's own arch facts (code-object suffix, ELF ids) live in `fmha_bench.build.arch`.
 """
@@ -24,7 +25,8 @@ def _specs() -> dict:
     raw = json.loads(_specs_text())
     archs = {}
     for name, spec in raw["archs"].items():
-        archs[name] = {"name": name, **spec, "tiles": raw["tile_sets"][spec["tiles"]]}
+        archs[name] = {"name": name, **spec, "tiles": raw["tile_sets"][spec["tiles"]],
+                       "mma_tiles": raw["mma_tile_sets"].get(spec.get("mma_tiles"), {})}
     return archs
 
 
@@ -43,6 +45,11 @@ def get_arch(name: str) -> dict:
 def tile_config(arch: str, hdim_q: int, hdim_v: int) -> dict | None:
     """The portable kernel's {block_q, block_k, threads} for these head dims, None if none."""
     return _specs()[arch]["tiles"].get(f"{hdim_q}/{hdim_v}")
+
+
+def mma_tile_candidates(arch: str, hdim_q: int, hdim_v: int) -> list[dict]:
+    """The tensor-core kernel's {block_q, block_k, warps} candidates, the default first ([] if none)."""
+    return list(_specs()[arch]["mma_tiles"].get(f"{hdim_q}/{hdim_v}", []))
 
 
 def archs_with_dtype(dtype: str) -> list[str]:

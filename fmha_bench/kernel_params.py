@@ -96,6 +96,12 @@ FIELDS: tuple[Field, ...] = (
     Field("q_descale", "f32", "fp8 per-tensor dequantisation factor of Q (1 otherwise)"),
     Field("k_descale", "f32", "fp8 per-tensor dequantisation factor of K (1 otherwise)"),
     Field("v_descale", "f32", "fp8 per-tensor dequantisation factor of V (1 otherwise)"),
+    # --- split-KV (SPEC 6): fmha_fwd writes per-split fp32 partials, fmha_combine merges them
+    Field("o_acc", "ptr", "fp32 partial O [num_splits, *O shape]; a split is addressed with O's strides"),
+    Field("lse_acc", "ptr", "fp32 partial LSE [num_splits, *LSE shape] (natural log, sink left out)"),
+    Field("o_acc_split_stride", "i64", "o_acc elements between splits"),
+    Field("lse_acc_split_stride", "i64", "lse_acc elements between splits"),
+    Field("num_splits", "i32", "1: fmha_fwd writes O/LSE; > 1: block x = row tile * num_splits + split"),
 )
 
 

@@ -1,8 +1,13 @@
 """Host side of this project's kernels: which instance runs a problem, how it is launched, and
 the bytes of its one argument (`FmhaParams`, see kernel_params.py).
 
-The portable forward kernel (kernel_src/fmha_fwd.hip) serves families fwd and paged; the
-tile sizes come from kernel_src/arch_specs.json. Layouts are those of fmha_bench/inputs.py.
+The portable forward kernel (kernel_src/fmha_fwd.hip) serves families fwd, paged and splitkv;
+the tile sizes come from kernel_src/arch_specs.json. Layouts are those of fmha_bench/inputs.py.
+
+Split-KV (num_splits != 1; SPEC 6) is two launches sharing one FmhaParams: the forward instance
+with a grid num_splits times wider writes fp32 partials into a workspace
+(`split_workspace_bytes`), then the combine instance (kernel_src/fmha_combine.hip) merges them
+into O and LSE and adds the learned sink. num_splits 0 means `choose_num_splits` decides.
 """
 from __future__ import annotations
 
@@ -15,22 +20,42 @@ from .inputs import Inputs
 from .problem import Problem, ProblemError
 
 FWD_SOURCE, FWD_ENTRY = "fmha_fwd.hip", "fmha_fwd"
-FWD_FAMILIES = ("fwd", "paged")
+COMBINE_SOURCE, COMBINE_ENTRY = "fmha_combine.hip", "fmha_combine"
+FWD_FAMILIES = ("fwd", "paged", "splitkv")
 KV_SOURCES = ("dense", "paged")
+GRID_X_MAX = 2 ** 31 - 1  # CUDA's limit on gridDim.x
 GRID_YZ_MAX = 65535  # CUDA's limit on gridDim.y / gridDim.z (HIP's is larger)
+# The combine: 4 output rows of 32 lanes per block (a row's lanes read 128 consecutive bytes).
+COMBINE_ROWS, COMBINE_THREADS = 4, 128
+# choose_num_splits (num_splits 0): aim for this many blocks per SM, keep at least this many
+# keys in each split (shorter splits do not pay for the partials' traffic), and at most
+# this many splits.
+TARGET_WAVES, MIN_KEYS_PER_SPLIT, MAX_AUTO_SPLITS = 2, 256, 64
 
 
-def _fwd_spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, tile: dict) -> KernelSpec:
+def _fwd_spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, split_kv: bool,
+              tile: dict) -> KernelSpec:
     dims = f"hd{hdim_q}" if hdim_q == hdim_v else f"hd{hdim_q}x{hdim_v}"
     label = f"fwd_{kv_source}_{dtype}_{dims}_q{tile['block_q']}k{tile['block_k']}t{tile['threads']}"
+    label += "_splitkv" if split_kv else ""
     defines = (("FMHA_DTYPE", dtype), ("FMHA_HDIM_Q", str(hdim_q)), ("FMHA_HDIM_V", str(hdim_v)),
-               ("FMHA_KV_SOURCE", kv_source), ("FMHA_BLOCK_Q", str(tile["block_q"])),
-               ("FMHA_BLOCK_K", str(tile["block_k"])), ("FMHA_THREADS", str(tile["threads"])))
+               ("FMHA_KV_SOURCE", kv_source), ("FMHA_SPLIT_KV", str(int(split_kv))),
+               ("FMHA_BLOCK_Q", str(tile["block_q"])), ("FMHA_BLOCK_K", str(tile["block_k"])),
+               ("FMHA_THREADS", str(tile["threads"])))
     return KernelSpec(source=FWD_SOURCE, entry=FWD_ENTRY, defines=defines, arch=arch, label=label)
 
 
+def _combine_spec(arch: str, out_dtype: str, hdim_v: int) -> KernelSpec:
+    label = f"combine_{out_dtype}_hd{hdim_v}_r{COMBINE_ROWS}t{COMBINE_THREADS}"
+    defines = (("FMHA_OUT_DTYPE", out_dtype), ("FMHA_HDIM_V", str(hdim_v)), ("FMHA_ROWS", str(COMBINE_ROWS)),
+               ("FMHA_THREADS", str(COMBINE_THREADS)))
+    return KernelSpec(source=COMBINE_SOURCE, entry=COMBINE_ENTRY, defines=defines, arch=arch, label=label)
+
+
 def select_kernel(problem: Problem, arch: str) -> Union[KernelSpec, str]:
-    """The instance that runs `problem` on `arch`, or the reason there is none."""
+    """The forward instance that runs `problem` on `arch`, or the reason there is none. A problem
+    that may split (num_splits != 1, auto included) gets the split-capable instance, which also
+    runs one split; the others get the instance compiled without split logic."""
     try:
         problem.validate()
     except ProblemError as e:
@@ -38,8 +63,6 @@ def select_kernel(problem: Problem, arch: str) -> Union[KernelSpec, str]:
     spec = archs.get_arch(arch)
     if problem.family not in FWD_FAMILIES:
         return f"family {problem.family} has no kernel yet"
-    if problem.num_splits != 1:
-        return f"num_splits {problem.num_splits}: split-KV has no kernel yet"
     if problem.dtype not in spec["dtypes"]:
         others = archs.archs_with_dtype(problem.dtype)
         return f"{problem.dtype} is not supported on {arch}" + (f" (needs {'/'.join(others)})" if others else "")
@@ -49,42 +72,94 @@ def select_kernel(problem: Problem, arch: str) -> Union[KernelSpec, str]:
         return f"hdim {problem.hdim_q}/{problem.hdim_v} has no instance (instances: {shipped})"
     if problem.nhead_k > GRID_YZ_MAX or problem.batch > GRID_YZ_MAX:
         return f"nhead_k and batch must be <= {GRID_YZ_MAX} (one grid dimension each)"
+    most_splits = problem.num_splits or MAX_AUTO_SPLITS
+    if _row_tiles(problem, tile["block_q"]) * most_splits > GRID_X_MAX:
+        return f"row tiles x num_splits ({most_splits}) must be <= {GRID_X_MAX} (grid x)"
     swa_limit = 32 * kernel_params.SWA_HEAD_WORDS
     if problem.swa_heads and max(problem.swa_heads) >= swa_limit:
         return f"sliding-window KV heads must be < {swa_limit} (FmhaParams.swa_heads bitmask)"
     kv_source = "paged" if problem.is_paged else "dense"
-    return _fwd_spec(arch, problem.dtype, problem.hdim_q, problem.hdim_v, kv_source, tile)
+    return _fwd_spec(arch, problem.dtype, problem.hdim_q, problem.hdim_v, kv_source, problem.num_splits != 1, tile)
 
 
-def instances_for(problems, arch_names) -> list[KernelSpec]:
-    """The distinct instances these problems need on these arches (problems without one are skipped)."""
-    found = {}
-    for arch in arch_names:
-        for problem in problems:
-            spec = select_kernel(problem, arch)
-            if isinstance(spec, KernelSpec):
-                found[spec] = True
-    return list(found)
+def select_combine(problem: Problem, arch: str) -> KernelSpec | None:
+    """The combine instance of `problem`'s split-KV pass: None when its keys are never split
+    (num_splits 1) or no forward instance runs it. num_splits 0 (auto) may split, so it gets one."""
+    if problem.num_splits == 1 or not isinstance(select_kernel(problem, arch), KernelSpec):
+        return None
+    return _combine_spec(arch, problem.out_dt.name, problem.hdim_v)
 
 
 def shipped_instances(arch: str) -> list[KernelSpec]:
-    """Every instance the arch's specs allow: dtypes x tile configurations x K/V sources."""
+    """Every forward instance the arch's specs allow: dtypes x tile configurations x K/V sources x
+    (unsplit, split-capable)."""
     spec = archs.get_arch(arch)
     out = []
     for dtype in spec["dtypes"]:
         for dims, tile in spec["tiles"].items():
             hdim_q, hdim_v = (int(d) for d in dims.split("/"))
-            out += [_fwd_spec(arch, dtype, hdim_q, hdim_v, kv, tile) for kv in KV_SOURCES]
+            out += [_fwd_spec(arch, dtype, hdim_q, hdim_v, kv, split, tile) for kv in KV_SOURCES
+                    for split in (False, True)]
     return out
 
 
-def launch_config(spec: KernelSpec, problem: Problem) -> tuple[tuple, tuple, int]:
-    """(grid, block, dynamic shared bytes). Block (x, y, z) = (tile of BLOCK_Q rows of the
-    query heads sharing a KV head, KV head, sequence); shared memory is static."""
+# ----------------------------------------------------------------------------- split count
+def choose_num_splits(problem: Problem, num_sms: int, block_q: int) -> int:
+    """Split count for num_splits 0 (auto), from the shapes alone. `blocks` = the unsplit
+    forward grid's useful blocks (each sequence's tiles of `block_q` rows x KV heads):
+    - 1 when blocks >= num_sms (the grid already fills the GPU) or there is nothing to do;
+    - else enough splits for ~TARGET_WAVES blocks per SM, ceil(TARGET_WAVES * num_sms / blocks),
+      capped so that each split of the longest sequence keeps >= MIN_KEYS_PER_SPLIT keys, and
+      at MAX_AUTO_SPLITS."""
+    blocks = sum(-(-sq * problem.group_size // block_q) for sq in problem.seqlens_q()) * problem.nhead_k
+    if blocks == 0 or blocks >= num_sms:
+        return 1
+    wanted = -(-TARGET_WAVES * num_sms // blocks)
+    key_cap = max(problem.seqlens_k()) // MIN_KEYS_PER_SPLIT
+    return max(1, min(wanted, key_cap, MAX_AUTO_SPLITS))
+
+
+def num_splits_for(problem: Problem, spec: KernelSpec, num_sms: int) -> int:
+    """The split count a launch of `spec` uses: the problem's own, or for 0 `choose_num_splits`
+    with the instance's row tile and the device's SM (CU) count."""
+    if problem.num_splits > 0:
+        return problem.num_splits
+    return choose_num_splits(problem, num_sms, int(dict(spec.defines)["FMHA_BLOCK_Q"]))
+
+
+def split_workspace_bytes(problem: Problem, num_splits: int) -> dict[str, int]:
+    """Device bytes of the split-KV partials, by kernel_args pointer name: fp32 O and LSE of
+    every split (`[num_splits, *O shape]`, `[num_splits, *LSE shape]`)."""
+    o_elems, lse_elems = _output_elements(problem)
+    return {"o_acc": num_splits * o_elems * 4, "lse_acc": num_splits * lse_elems * 4}
+
+
+# ----------------------------------------------------------------------------- launch shapes
+def _row_tiles(problem: Problem, block_q: int) -> int:
+    return max(1, math.ceil(max(problem.seqlens_q()) * problem.group_size / block_q))
+
+
+def _output_elements(problem: Problem) -> tuple[int, int]:
+    """Elements of O and of LSE (the same count of query rows in both modes)."""
+    rows = sum(problem.seqlens_q()) * problem.nhead_q
+    return rows * problem.hdim_v, rows
+
+
+def launch_config(spec: KernelSpec, problem: Problem, num_splits: int = 1) -> tuple[tuple, tuple, int]:
+    """(grid, block, dynamic shared bytes) of the forward kernel. Block x = row tile * num_splits +
+    split (a tile: BLOCK_Q rows of the query heads sharing a KV head), y = KV head, z = sequence;
+    shared memory is static."""
     defines = dict(spec.defines)
     block_q, threads = int(defines["FMHA_BLOCK_Q"]), int(defines["FMHA_THREADS"])
-    rows = max(problem.seqlens_q()) * problem.group_size
-    return (max(1, math.ceil(rows / block_q)), problem.nhead_k, problem.batch), (threads, 1, 1), 0
+    return (_row_tiles(problem, block_q) * num_splits, problem.nhead_k, problem.batch), (threads, 1, 1), 0
+
+
+def combine_launch_config(spec: KernelSpec, problem: Problem) -> tuple[tuple, tuple, int]:
+    """(grid, block, dynamic shared bytes) of the combine: FMHA_ROWS output rows per block."""
+    defines = dict(spec.defines)
+    rows_per_block, threads = int(defines["FMHA_ROWS"]), int(defines["FMHA_THREADS"])
+    _, rows = _output_elements(problem)
+    return (max(1, math.ceil(rows / rows_per_block)), 1, 1), (threads, 1, 1), 0
 
 
 # ----------------------------------------------------------------------------- kernel arguments
@@ -158,16 +233,22 @@ def _int32(value: int) -> int:
     return min(int(value), 2 ** 31 - 1)
 
 
-def kernel_args(problem: Problem, inputs: Inputs, ptrs: dict) -> bytes:
+def kernel_args(problem: Problem, inputs: Inputs, ptrs: dict, num_splits: int = 1) -> bytes:
     """The packed FmhaParams for `problem` with its device buffers `ptrs` (named like the Inputs
-    fields, plus o and lse)."""
+    fields, plus o and lse, and with num_splits > 1 the workspaces o_acc and lse_acc)."""
     p = problem
+    if num_splits < 1:
+        raise ValueError(f"kernel_args: num_splits must be resolved to >= 1, got {num_splits}")
     names = _pointer_names(p)
+    if num_splits > 1:
+        names.update(o_acc="o_acc", lse_acc="lse_acc")
     missing = sorted(buf for buf in names.values() if buf not in ptrs)
     if missing:
         raise ValueError(f"kernel_args: device pointers missing for {p.name()}: {', '.join(missing)}")
     values = {field: int(ptrs[buf]) for field, buf in names.items()}
     values.update(_tensor_strides(p, inputs))
+    o_elems, lse_elems = _output_elements(p)
+    values.update(num_splits=num_splits, o_acc_split_stride=o_elems, lse_acc_split_stride=lse_elems)
 
     mask = p.mask_spec
     values.update(mask_align=kernel_params.MASK_ALIGN[mask.align], mask_left=_int32(mask.left),

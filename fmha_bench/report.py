@@ -73,6 +73,15 @@ def _pct_of_roofline(row: dict) -> Optional[float]:
     return max(parts) if parts else None
 
 
+def _bound(row: dict) -> Optional[str]:
+    """Which roof limits the point on the row's device: "memory" when moving its bytes at peak
+    bandwidth takes longer than its FLOPs at peak compute (so TB/s is the number to read)."""
+    flops, bw = row.get("pct_peak_flops"), row.get("pct_peak_bw")
+    if flops is None or bw is None:
+        return None
+    return "memory" if bw > flops else "compute"
+
+
 @dataclass(frozen=True)
 class Column:
     header: str                              # terminal and Markdown heading
@@ -108,6 +117,7 @@ COLUMNS = {
     "pct_peak": Column("% peak", _pct_of_roofline, _fixed(1)),
     "pct_peak_flops": Column("% peak FLOPS", _field("pct_peak_flops"), _fixed(1)),
     "pct_peak_bw": Column("% peak BW", _field("pct_peak_bw"), _fixed(1)),
+    "bound": Column("bound", _bound, numeric=False),
     "max_abs": Column("max_abs err", _field("val_max_abs"), _scientific),
     "max_rel": Column("max_rel err", _field("val_max_rel"), _scientific),
     "lse_max_abs": Column("LSE max_abs", _field("val_lse_max_abs"), _scientific),
@@ -128,6 +138,7 @@ COLUMNS = {
 DEFAULT_COLUMNS = ("name", "provider", "status", "reason", "median_ms", "noise_pct", "tflops", "tbps",
                    "pct_peak", "max_abs", "mismatch_pct")
 BASELINE_COLUMNS = ("base_ms", "ratio", "verdict", "verdict_reason")
+SPEEDUP = Column("speedup", _field("speedup"), _fixed(2))  # provider pivots (pivot.py): base time / time
 
 
 def _problem_column(name: str) -> Column:
@@ -164,6 +175,7 @@ class Report:
     frame: pd.DataFrame       # one row per (run, point, provider); columns are column ids
     slower: int = 0           # points SLOWER than the baseline
     notes: tuple = ()         # one-line remarks for under the table
+    specs: Optional[list] = None  # Column per frame column; None: `column(id)` of each
 
 
 def _compare_rows(rows: list, baseline: Run) -> tuple[list, int, list]:
@@ -223,7 +235,7 @@ def print_report(result: Report, runs: list[Run], console: Console, baseline: Op
         console.print(describe_run(run), style="dim", highlight=False)
     if baseline:
         console.print(f"baseline {describe_run(baseline)}", style="dim", highlight=False)
-    render_terminal(result.frame, console)
+    render_terminal(result.frame, console, result.specs)
     for note in result.notes:
         console.print(note, style="yellow", highlight=False)
 
@@ -234,9 +246,13 @@ def print_runs(paths: list) -> None:
     print_report(build_report(runs, choose_columns(None, len(runs) > 1, False)), runs, make_console())
 
 
-def render_terminal(frame: pd.DataFrame, console: Console) -> None:
+def _specs(frame: pd.DataFrame, specs: Optional[list]) -> list[Column]:
+    return specs if specs is not None else [column(c) for c in frame.columns]
+
+
+def render_terminal(frame: pd.DataFrame, console: Console, specs: Optional[list] = None) -> None:
     table = Table(show_lines=False, header_style="bold")
-    specs = [column(c) for c in frame.columns]
+    specs = _specs(frame, specs)
     for spec in specs:
         table.add_column(spec.header, justify="right" if spec.numeric else "left", no_wrap=not spec.wraps,
                          overflow="fold" if spec.wraps else "ellipsis", min_width=12 if spec.wraps else None)
@@ -253,9 +269,9 @@ def _markdown_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
+def markdown_table(frame: pd.DataFrame, specs: Optional[list] = None) -> str:
     """A GitHub-flavoured Markdown table with the terminal's headings and number formats."""
-    specs = [column(c) for c in frame.columns]
+    specs = _specs(frame, specs)
     lines = ["| " + " | ".join(_markdown_cell(s.header) for s in specs) + " |",
              "|" + "|".join("---:" if s.numeric else "---" for s in specs) + "|"]
     for values in frame.itertuples(index=False):
@@ -270,9 +286,9 @@ def write_csv(frame: pd.DataFrame, path) -> None:
         raise UserError(f"cannot write {path}: {e.strerror}", where="--csv") from None
 
 
-def write_markdown(frame: pd.DataFrame, path) -> None:
+def write_markdown(frame: pd.DataFrame, path, specs: Optional[list] = None) -> None:
     try:
         with open(path, "w", encoding="utf-8") as out:
-            out.write(markdown_table(frame))
+            out.write(markdown_table(frame, specs))
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror}", where="--markdown") from None

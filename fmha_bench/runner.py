@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -23,12 +25,19 @@ BAD_STATUSES = ("failed", "mismatch", "crashed", "timeout")
 FULL_VALIDATION_LIMIT = 1 << 26   # visible (row, key) pairs x query heads under which `auto` checks every row
 
 
-def run_sweep(sweep, points, options) -> int:
+@dataclass
+class SweepOutcome:
+    exit_code: int          # EXIT_OK, or EXIT_POINT_FAILED when a row failed, mismatched, crashed or timed out
+    run_path: Path
+    rows: list
+
+
+def run_sweep(sweep, points, options, show_table: bool = True) -> SweepOutcome:
     from .backends import BackendUnavailable, open_backend
     from .providers import get_providers
     from .store import RunStore
 
-    providers = get_providers(_provider_names(sweep, options))
+    providers = get_providers(_provider_names(sweep, options), sweep=sweep, ck_binary=options.ck_binary)
     try:
         backend = open_backend(options.device or 0)
     except BackendUnavailable as e:
@@ -43,6 +52,8 @@ def run_sweep(sweep, points, options) -> int:
             p.force_kernel(options.kernel)
 
     runnable = [pt.problem for pt in points if pt.problem is not None]
+    if options.all_instances:
+        providers = _with_every_instance(providers, runnable, device)
     for p in providers:
         if hasattr(p, "build"):
             p.build([q for q in runnable if p.supports(q, device) is None], device)
@@ -78,9 +89,29 @@ def run_sweep(sweep, points, options) -> int:
     finally:
         store.finish()
         timer.close()
-    _print_table(store.path)
+    if show_table:
+        _print_table(store.path)
     print(f"run {store.run_id}: {len(rows)} rows in {store.path}")
-    return EXIT_POINT_FAILED if any(r.status in BAD_STATUSES for r in rows) else EXIT_OK
+    code = EXIT_POINT_FAILED if any(r.status in BAD_STATUSES for r in rows) else EXIT_OK
+    return SweepOutcome(code, store.path, rows)
+
+
+def _with_every_instance(providers, problems, device) -> list:
+    """--all-instances: after `fmha` (the dispatcher's pick), one `fmha:<tag>` provider per
+    candidate instance any of the points has, so each candidate is timed beside the pick."""
+    from .dispatch import candidates
+    from .providers.fmha import FmhaProvider
+    tags = {}
+    for problem in problems:
+        found = candidates(problem, device.arch)
+        if not isinstance(found, str):
+            tags.update((tag, True) for tag, _ in found)
+    out = []
+    for provider in providers:
+        out.append(provider)
+        if provider.name == "fmha":
+            out += [FmhaProvider(tag) for tag in tags]
+    return out
 
 
 def _provider_names(sweep, options) -> list[str]:
@@ -124,25 +155,63 @@ def _run_point(point, providers, backend, device, timer, measure, validate_mode,
                 for p in providers]
     problem = point.problem
     reasons = {p.name: p.supports(problem, device) for p in providers}
-    if all(reasons.values()):
-        return [_skipped_row(point, p, device, seed, reasons[p.name]) for p in providers]
-    from .session import PointSession
-    inputs = problem.make_inputs(seed)
-    reference = _Reference(problem, inputs, validate_mode, rows_per_head)
-    session = PointSession(backend, device, problem, inputs)
-    rows = []
+    session = reference = None
+    if any(p.takes_tensors and not reasons[p.name] for p in providers):
+        from .session import PointSession
+        inputs = problem.make_inputs(seed)
+        reference = _Reference(problem, inputs, validate_mode, rows_per_head)
+        session = PointSession(backend, device, problem, inputs)
+    rows, outputs = [], {}
     try:
         for provider in providers:
             if reasons[provider.name]:
                 rows.append(_skipped_row(point, provider, device, seed, reasons[provider.name]))
-                continue
-            rows.append(_run_provider(problem, provider, session, reference, timer, measure, device, seed))
-            if rows[-1].status == "crashed":
-                break
+            elif not provider.takes_tensors:
+                rows.append(_run_external(problem, provider, device, measure, seed))
+            else:
+                row, output = _run_provider(problem, provider, session, reference, timer, measure, device, seed)
+                rows.append(row)
+                if output is not None:
+                    outputs[provider.name] = (row, output)
+                if row.status == "crashed":
+                    break
     finally:
-        if not rows or rows[-1].status != "crashed":
+        if session is not None and (not rows or rows[-1].status != "crashed"):
             session.close()
+    _cross_check(outputs)
     return rows
+
+
+def _cross_check(outputs: dict) -> None:
+    """Every pair of providers that produced O for the point: compared with the sum of their
+    tolerances against the reference (each may be off by its own bound, in either direction)."""
+    names = list(outputs)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            (row_a, (o_a, tol_a)), (row_b, (o_b, tol_b)) = outputs[a], outputs[b]
+            check = compare(o_a, o_b, tol_a.atol + tol_b.atol, tol_a.rtol + tol_b.rtol)
+            entry = {"max_abs": check.max_abs, "max_rel": check.max_rel, "mismatch_frac": check.mismatch_frac,
+                     "ok": check.passed}
+            row_a.cross[b] = entry
+            row_b.cross[a] = dict(entry)
+
+
+def _run_external(problem, provider, device, measure, seed) -> Result:
+    """A self-timed upstream binary: its own inputs, its own timing and its own check."""
+    row = _base_row(problem, provider, device, seed)
+    run = provider.run_external(problem, device, measure)
+    row.status, row.reason, row.exit_code = run.status, run.reason, run.exit_code
+    row.kernel, row.kernel_version = run.kernel or provider.name, provider.version()
+    row.reported_tflops, row.l2_flush = run.reported_tflops, False
+    row.val_mode = "self" if run.valid is not None else "off"
+    row.notes.append("inputs made and checked by the binary itself: time and validity are its own report")
+    if run.command:
+        row.notes.append("command: " + " ".join(run.command))
+    if run.time_s:
+        row.time_s_median = row.time_s_min = run.time_s
+        row.samples = 1
+        _throughput(row, problem, device)
+    return row
 
 
 class _Reference:
@@ -168,18 +237,17 @@ class _Reference:
         return float(np.abs(finite).max()) * x.v_descale if finite.size else 1.0
 
 
-def _check_outputs(problem, outputs, reference, p_precision):
+def _check_outputs(problem, outputs, reference, tol, with_lse):
     """Compare against the reference; returns (Check of O, lse max abs or None, ok, reason)."""
     from .reference import take_rows
     ref = reference.get()
-    tol = tolerance_for(problem, reference.v_abs_max(), p_precision)
     unwritten = int(np.isnan(outputs["o"]).sum())
     if ref.index is None:
         check = compare(outputs["o"], ref.o, tol.atol, tol.rtol)
     else:
         check = compare(take_rows(problem, outputs["o"], ref.index, "o"), ref.o_rows, tol.atol, tol.rtol)
     lse_abs, lse_ok = None, True
-    if problem.lse:
+    if with_lse:
         if ref.index is None:
             lse_actual, lse_expected = outputs["lse"], ref.lse
         else:
@@ -197,21 +265,33 @@ def _check_outputs(problem, outputs, reference, p_precision):
     return check, lse_abs, not reasons, "; ".join(reasons)
 
 
-def _run_provider(problem, provider, session, reference, timer, measure, device, seed) -> Result:
+def _run_provider(problem, provider, session, reference, timer, measure, device, seed):
+    """One tensor provider on the point: (row, (O, tolerance)) with O None when it produced none."""
     from .backends.base import BackendError
     row = _base_row(problem, provider, device, seed)
     backend = session.backend
+    output = None
     try:
         prepared = provider.prepare(problem, session)
         row.kernel, row.kernel_version = prepared.kernel, prepared.kernel_version
+        row.notes.extend(prepared.notes)
+        with_lse = problem.lse and prepared.produces_lse
+
+        def run_and_download():
+            if prepared.collect:
+                prepared.collect()
+            backend.synchronize()
+            return session.download_outputs()
+
         session.poison_outputs()
         prepared.launch()
-        backend.synchronize()
-        outputs = session.download_outputs()
+        outputs = run_and_download()
         t0 = time.perf_counter()
         reference.get()
         row.val_ref_s = time.perf_counter() - t0
-        check, lse_abs, ok, reason = _check_outputs(problem, outputs, reference, prepared.p_precision)
+        tol = tolerance_for(problem, reference.v_abs_max(), prepared.p_precision)
+        check, lse_abs, ok, reason = _check_outputs(problem, outputs, reference, tol, with_lse)
+        output = (outputs["o"], tol)
         row.val_mode, row.val_rows = reference.mode, reference.rows
         row.val_max_abs, row.val_max_rel = check.max_abs, check.max_rel
         row.val_mismatch_frac, row.val_atol, row.val_rtol = check.mismatch_frac, check.atol, check.rtol
@@ -222,8 +302,8 @@ def _run_provider(problem, provider, session, reference, timer, measure, device,
         _throughput(row, problem, device)
         if timing.stop_reason == "budget" and row.rel_noise and row.rel_noise > measure.max_noise:
             row.warnings.append(f"noise {row.rel_noise:.1%} above {measure.max_noise:.1%} (time budget reached)")
-        after = session.download_outputs()
-        _, _, ok_after, reason_after = _check_outputs(problem, after, reference, prepared.p_precision)
+        after = run_and_download()
+        _, _, ok_after, reason_after = _check_outputs(problem, after, reference, tol, with_lse)
         if not ok:
             row.status, row.reason = "mismatch", reason
         elif not ok_after:
@@ -235,7 +315,7 @@ def _run_provider(problem, provider, session, reference, timer, measure, device,
         row.status = "failed"
         tail = traceback.format_exc().strip().splitlines()[-3:]
         row.reason = f"{type(e).__name__}: {e}" if type(e).__name__ == "CompileFailed" else " | ".join(tail)
-    return row
+    return row, output
 
 
 def _throughput(row: Result, problem, device) -> None:
@@ -268,8 +348,9 @@ def run_once(problem, provider, backend, device, seed: int = 0, validate: str = 
     session = PointSession(backend, device, problem, inputs)
     timer = Timer(backend, device.l2_bytes)
     try:
-        return _run_provider(problem, provider, session, _Reference(problem, inputs, validate, rows_per_head), timer,
-                             measure, device, seed)
+        row, _ = _run_provider(problem, provider, session, _Reference(problem, inputs, validate, rows_per_head),
+                               timer, measure, device, seed)
+        return row
     finally:
         timer.close()
         session.close()

@@ -40,7 +40,7 @@ class Result:
     pct_peak_flops: Optional[float] = None
     pct_peak_bw: Optional[float] = None
     # validation
-    val_mode: str = "off"              # full | sampled | off
+    val_mode: str = "off"              # full | sampled | off | self (a binary's own check)
     val_rows: int = 0                  # query rows compared per (batch, head); 0 = all
     val_max_abs: Optional[float] = None
     val_max_rel: Optional[float] = None
@@ -49,11 +49,17 @@ class Result:
     val_rtol: Optional[float] = None
     val_lse_max_abs: Optional[float] = None
     val_ref_s: Optional[float] = None  # seconds the CPU reference took
+    # parity: this row's output against other providers' outputs of the same point
+    cross: dict = field(default_factory=dict)   # provider -> {max_abs, max_rel, mismatch_frac, ok}
+    # self-timed upstream binaries
+    exit_code: Optional[int] = None
+    reported_tflops: Optional[float] = None     # as the binary printed it (its own FLOP count)
     # context
     device: str = ""
     arch: str = ""
     seed: int = 0
     warnings: list = field(default_factory=list)
+    notes: list = field(default_factory=list)   # how the provider ran the point (not problems)
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict:

@@ -1,4 +1,5 @@
-"""Device buffers of one point: inputs uploaded once, outputs poisoned before every launch.
+"""Device buffers of one point: inputs uploaded once, outputs poisoned before every launch,
+and scratch workspaces that providers ask for while preparing (outside the timed region).
 
 Every provider of the point reads the same input buffers (identical values for all of them).
 """
@@ -31,6 +32,7 @@ class PointSession:
     def __init__(self, backend: Backend, device, problem, inputs):
         self.backend, self.device, self.problem, self.inputs = backend, device, problem, inputs
         self.buffers: dict[str, DeviceBuffer] = {}
+        self.workspaces: dict[str, DeviceBuffer] = {}
         self.host_inputs: dict[str, np.ndarray] = {}
         for name in INPUT_FIELDS:
             self._upload(name, getattr(inputs, name))
@@ -52,6 +54,20 @@ class PointSession:
     def ptrs(self) -> dict[str, int]:
         return {name: buf.ptr for name, buf in self.buffers.items()}
 
+    def workspace(self, name: str, nbytes: int) -> DeviceBuffer:
+        """Scratch device memory of at least `nbytes` (split-KV partials, ...), allocated on the
+        first request for `name` in this point and reused by later ones (a larger request
+        replaces it), freed by close(). A new workspace is poisoned once, so an element the
+        kernels forget to write shows up as NaN in the first, validated launch."""
+        buf = self.workspaces.get(name)
+        if buf is None or buf.nbytes < nbytes:
+            if buf is not None:
+                self.backend.free(buf)
+            buf = self.backend.alloc(max(nbytes, 1))
+            self.backend.memset(buf, POISON_BYTE)
+            self.workspaces[name] = buf
+        return buf
+
     def poison_outputs(self) -> None:
         self.backend.memset(self.buffers["o"], POISON_BYTE)
         self.backend.memset(self.buffers["lse"], POISON_BYTE)
@@ -65,6 +81,7 @@ class PointSession:
         return out
 
     def close(self) -> None:
-        for buf in self.buffers.values():
+        for buf in [*self.buffers.values(), *self.workspaces.values()]:
             self.backend.free(buf)
         self.buffers.clear()
+        self.workspaces.clear()

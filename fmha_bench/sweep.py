@@ -20,8 +20,9 @@ A sweep is one YAML mapping; every key is optional, but the file must not be emp
               time_budget_s: 2.0, l2_flush: true}
     validate: {mode: sampled, rows: 64, seed: 0}  # mode: full | sampled | auto (full when small) | off
     seed: 0                          # input generation seed
-    binaries: {}                     # reserved: user-declared upstream binaries
-    ck: {binary: null}               # reserved: path of CK's tile_example_fmha_fwd
+    binaries: {my_fa: {command: [./fa, "--b={batch}"], time: 'time: ([0-9.]+) ms'}}
+                                     # user-declared binaries, providers binary:NAME (see binary_spec.py)
+    ck: {binary: ../ck/bin/tile_example_fmha_fwd}  # CK's example; a relative path is from this file's directory
 
 Fields are those of `fmha_bench.problem.Problem`; `fmha-bench list` shows the choices
 (spelled exactly, lower case). Masks take CK's grammar or a readable alias (`causal` = `b`,
@@ -58,7 +59,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 from .package_data import sweeps_dir
-from . import dtypes, yaml_lines
+from . import binary_spec, dtypes, yaml_lines
+from .binary_spec import BinarySpec
 from .errors import UserError
 from .masks import MaskError, parse_mask
 from .problem import FAMILIES, KV_LAYOUTS, MODES, PAGE_TABLES, PROBLEM_FIELDS, ROTARY_STYLES, Problem, ProblemError
@@ -119,6 +121,8 @@ class SweepOptions:
     run_id: Optional[str] = None
     results_dir: Optional[Path] = None  # the command fills in config.results_dir()
     kernel: Optional[str] = None     # run only this kernel instance of provider fmha
+    all_instances: bool = False      # add a provider fmha:<tile> per candidate instance of each point
+    ck_binary: Optional[str] = None  # --ck-binary
     seed: Optional[int] = None
     filters: tuple[str, ...] = ()
     limit: Optional[int] = None
@@ -159,8 +163,8 @@ class Sweep:
     measure: MeasureSettings
     validate: ValidateSettings
     seed: int
-    binaries: dict
-    ck_binary: Optional[str]
+    binaries: dict                   # name -> BinarySpec
+    ck_binary: Optional[str]         # joined to the sweep file's directory when relative
     raw: dict = field(repr=False)
 
     def expand(self) -> list:
@@ -282,7 +286,7 @@ class _Reader:
             measure=self.settings("measure", MeasureSettings, _measure_problem),
             validate=self.settings("validate", ValidateSettings, _validate_problem),
             seed=self.optional(raw, "seed", int, "an integer") or 0,
-            binaries=dict(self.optional(raw, "binaries", LineDict, "a mapping") or {}),
+            binaries=self.binaries(),
             ck_binary=self.ck_binary(),
             raw=raw,
         )
@@ -383,13 +387,13 @@ class _Reader:
         label = f"exclude[{index}]"
         if not rule:
             self.fail(f"{label}: an empty rule would drop every point", line)
+        return self.fields(label, rule, line, self.any_of)
 
-        def any_of(label, name, value, value_line):
-            if isinstance(value, LineList):
-                return self.values(label, name, value, value_line)
-            return [self.value(label, name, value, value_line)]
-
-        return self.fields(label, rule, line, any_of)
+    def any_of(self, label: str, name: str, value, line: int) -> list:
+        """One value or a list of alternatives (exclude rules, a binary's supports filter)."""
+        if isinstance(value, LineList):
+            return self.values(label, name, value, line)
+        return [self.value(label, name, value, line)]
 
     def providers(self) -> tuple[str, ...]:
         providers = self.optional(self.raw, "providers", LineList, "a list of provider names")
@@ -410,7 +414,116 @@ class _Reader:
         for key in ck:
             if key != "binary":
                 self.fail(f"ck: unknown key {key!r}; the only key is 'binary'", ck.key_line(key))
-        return self.optional(ck, "binary", str, "a path", section="ck")
+        binary = self.optional(ck, "binary", str, "a path", section="ck")
+        return str(self.sweep_dir() / Path(binary).expanduser()) if binary else None
+
+    def sweep_dir(self) -> Path:
+        """Relative paths in a sweep file are relative to its directory."""
+        return Path(self.where).parent.absolute()
+
+    # -- binaries (the format is in binary_spec.py)
+    def binaries(self) -> dict:
+        section = self.optional(self.raw, "binaries", LineDict, "a mapping of NAME: {command: [...], time: REGEX}")
+        return {name: self.binary(name, decl, section.key_line(name)) for name, decl in (section or {}).items()}
+
+    def binary(self, name, decl, line: int) -> BinarySpec:
+        if not isinstance(name, str) or not binary_spec.NAME.match(name):
+            self.fail(f"binaries: {_show(name)}: a name is letters, digits, '_', '.' and '-' "
+                      "(it becomes provider binary:NAME)", line)
+        label = f"binaries: {name}"
+        if not isinstance(decl, LineDict):
+            self.fail(f"{label}: expected a mapping with command: [...] and time: REGEX, got {_show(decl)}", line)
+        for key in decl:
+            if key not in binary_spec.BINARY_KEYS:
+                known = " (keys: " + ", ".join(binary_spec.BINARY_KEYS) + ")"
+                self.fail(f"{label}: unknown key {key!r}{_did_you_mean(key, binary_spec.BINARY_KEYS, known)}",
+                          decl.key_line(key))
+        for key in ("command", "time"):
+            if key not in decl:
+                self.fail(f"{label}: missing {key}", line)
+        unit = self.optional(decl, "time_unit", str, "a unit", section=label) or "ms"
+        if unit not in binary_spec.TIME_UNITS:
+            self.fail(f"{label}: time_unit: unknown unit {unit!r}; one of {', '.join(binary_spec.TIME_UNITS)}",
+                      decl.value_line("time_unit"))
+        timeout_s = self.optional(decl, "timeout_s", float, "a number of seconds", section=label)
+        if timeout_s is not None and not 0 < timeout_s < math.inf:
+            self.fail(f"{label}: timeout_s: must be > 0, got {_show(timeout_s)}", decl.value_line("timeout_s"))
+        cwd = self.optional(decl, "cwd", str, "a directory", section=label)
+        supports = self.optional(decl, "supports", LineDict, "a mapping of problem fields", section=label)
+        return BinarySpec(
+            name=name, command=self.command(label, decl), time=self.pattern(label, decl, "time"), time_unit=unit,
+            valid=self.pattern(label, decl, "valid"), valid_values=self.valid_values(label, decl),
+            tflops=self.pattern(label, decl, "tflops"), kernel=self.pattern(label, decl, "kernel"),
+            exit_codes=self.exit_codes(label, decl),
+            timeout_s=float(timeout_s) if timeout_s is not None else binary_spec.DEFAULT_TIMEOUT_S,
+            supports=self.supports(label, supports) if supports else (),
+            cwd=str(self.sweep_dir() / Path(cwd).expanduser()) if cwd else None, base_dir=str(self.sweep_dir()),
+            description=self.optional(decl, "description", str, "a string", section=label) or "",
+            where=f"{self.where}:{line}")
+
+    def command(self, label: str, decl: LineDict) -> tuple:
+        command = self.optional(decl, "command", LineList, 'an argv list like [./tool, "--b={batch}"]', section=label)
+        if not command:
+            self.fail(f"{label}: command: the list is empty; give the program and its arguments", decl.value_line("command"))
+        sample = binary_spec.placeholder_values(Problem().validate(), warmup=1, repeat=1, seed=0)
+        for index, template in enumerate(command):
+            line = command.item_line(index)
+            where = f"{label}: command[{index}]"
+            if not isinstance(template, str):
+                self.fail(f"{where}: expected a string, got {_show(template)} (quote it)", line)
+            try:
+                names = binary_spec.template_fields(template)
+            except ValueError as e:
+                self.fail(f"{where}: {e} (write {{{{ and }}}} for literal braces)", line)
+            for unknown in (n for n in names if n not in binary_spec.PLACEHOLDERS):
+                known = " (placeholders: " + ", ".join(binary_spec.PLACEHOLDERS) + ")"
+                self.fail(f"{where}: unknown placeholder {{{unknown}}}"
+                          f"{_did_you_mean(unknown, binary_spec.PLACEHOLDERS, known)}", line)
+            try:
+                template.format(**sample)
+            except (ValueError, TypeError) as e:  # a format spec that does not fit the value, e.g. {batch:.2q}
+                self.fail(f"{where}: {e}", line)
+        return tuple(command)
+
+    def pattern(self, label: str, decl: LineDict, key: str) -> Optional[re.Pattern]:
+        text = self.optional(decl, key, str, "a regular expression (quote it)", section=label)
+        if text is None:
+            return None
+        line = decl.value_line(key)
+        try:
+            compiled = re.compile(text, re.MULTILINE)
+        except re.error as e:
+            self.fail(f"{label}: {key}: bad regular expression: {e}", line)
+        if compiled.groups < 1:
+            self.fail(f"{label}: {key}: the regular expression needs a group, e.g. '{key}: ([0-9.]+)'; "
+                      "group 1 is the value", line)
+        return compiled
+
+    def valid_values(self, label: str, decl: LineDict) -> tuple:
+        values = self.optional(decl, "valid_values", LineList, "a list of words", section=label)
+        if values is None:
+            return binary_spec.DEFAULT_VALID_VALUES
+        if not values:
+            self.fail(f"{label}: valid_values: the list is empty, so no run could pass", decl.value_line("valid_values"))
+        for index, value in enumerate(values):
+            if not isinstance(value, (str, int, bool)):
+                self.fail(f"{label}: valid_values[{index}]: expected a word, got {_show(value)}", values.item_line(index))
+        return tuple(str(v).lower() for v in values)  # `true` and `1` load as bool and int
+
+    def exit_codes(self, label: str, decl: LineDict) -> tuple:
+        codes = self.optional(decl, "exit_codes", LineList, "a list of integers", section=label)
+        if codes is None:
+            return (0,)
+        if not codes:
+            self.fail(f"{label}: exit_codes: the list is empty, so no run could pass", decl.value_line("exit_codes"))
+        for index, code in enumerate(codes):
+            if not _is_instance(code, int):
+                self.fail(f"{label}: exit_codes[{index}]: expected an integer, got {_show(code)}", codes.item_line(index))
+        return tuple(codes)
+
+    def supports(self, label: str, section: LineDict) -> tuple:
+        checked = self.fields(f"{label}: supports", section, section.line, self.any_of)
+        return tuple((name, tuple(_normalise(name, v) for v in values)) for name, values in checked.items())
 
     def settings(self, key: str, cls, find_problem):
         section = self.optional(self.raw, key, LineDict, "a mapping")

@@ -68,8 +68,9 @@ def tolerance_for(problem, v_abs_max: float, p_precision: str = "input") -> Tole
 
 
 def compare(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> Check:
-    """Element-wise |a - e| <= atol + rtol*|e|; NaN in `actual` is always a mismatch, matching
-    infinities (LSE of fully masked rows) pass."""
+    """Element-wise |a - e| <= atol + rtol*|e|; NaN on either side is always a mismatch (the
+    expected side is another provider's output in parity checks), matching infinities (LSE of
+    fully masked rows) pass."""
     a = np.asarray(actual, dtype=np.float64)
     e = np.asarray(expected, dtype=np.float64)
     if a.shape != e.shape:
@@ -79,7 +80,8 @@ def compare(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) 
     with np.errstate(invalid="ignore"):
         diff = np.where(same_inf, 0.0, np.abs(a - e))
     diff = np.where(nan, np.inf, diff)
-    bad = diff > atol + rtol * np.where(np.isinf(e), 0.0, np.abs(e))
+    with np.errstate(invalid="ignore"):
+        bad = nan | (diff > atol + rtol * np.where(np.isinf(e) | nan, 0.0, np.abs(e)))
     finite = np.isfinite(diff)
     max_abs = float(diff[finite].max()) if finite.any() else 0.0
     with np.errstate(divide="ignore", invalid="ignore"):

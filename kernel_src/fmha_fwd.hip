@@ -1,19 +1,28 @@
 /* fmha_fwd.hip: portable fused attention forward (no matrix cores), dense or paged K/V.
 
-   Semantics: docs SPEC sections 1, 2, 4 and 5; host side: fmha_bench/kernels.py.
+   Semantics: docs SPEC sections 1, 2, 4, 5 and 6; host side: fmha_bench/kernels.py.
 
    Compile-time specialisation (-D):
      FMHA_DTYPE      fp16 | bf16 | fp8_e4m3fn | fp8_e4m3fnuz  (input; output fp16 / bf16 / bf16 / bf16)
      FMHA_HDIM_Q, FMHA_HDIM_V      head dims of Q/K and of V/O (multiples of 16)
      FMHA_KV_SOURCE  dense | paged  (the page-table kind, vllm / sglang / headwise, is a run-time field)
+     FMHA_SPLIT_KV   0 | 1  (1: honours num_splits; 0 compiles the split logic out, so the unsplit
+                     instance keeps its registers: nvcc sm_90a, hdim 128: 96, not 128)
      FMHA_BLOCK_Q, FMHA_BLOCK_K, FMHA_THREADS   tile of query rows, tile of keys, threads per block
    Everything else (mask, GQA ratio, lengths, soft cap, sink, LSE, descales, layouts through
    strides) is a field of FmhaParams.
 
-   Work decomposition. Block (x, y, z) = (row tile, KV head hk, sequence b). The G = Hq / Hk
-   query heads that share KV head hk are stacked into one row space, row m <-> (query position
-   m / G, query head hk*G + m % G), so a decode step (Sq = 1) still fills a tile with GQA and
-   every K/V tile is read once for all G heads. A block owns BLOCK_Q such rows.
+   Work decomposition. Block (x, y, z) = (row tile * num_splits + split, KV head hk, sequence b).
+   The G = Hq / Hk query heads that share KV head hk are stacked into one row space, row m <->
+   (query position m / G, query head hk*G + m % G), so a decode step (Sq = 1) still fills a tile
+   with GQA and every K/V tile is read once for all G heads. A block owns BLOCK_Q such rows.
+
+   Split-KV (FMHA_SPLIT_KV and num_splits > 1, SPEC 6): split s of a sequence with Sk keys owns
+   the keys [s*X, min(Sk, (s+1)*X)), X = ceil(Sk / num_splits), in the sequence's own key
+   coordinates; the mask still applies, so a split may see nothing. Each block then writes its
+   rows' normalised fp32 partial O and natural-log LSE of those keys to o_acc / lse_acc (a split
+   that sees nothing: O = 0, LSE = -inf), leaving the learned sink out: fmha_combine.hip merges
+   the splits and adds the sink exactly once. With num_splits = 1 it writes O and LSE itself.
 
    Algorithm (flash attention, one pass, online softmax in fp32, base 2):
      1. Load the Q tile into shared memory as fp32, pre-multiplied by
@@ -21,8 +30,9 @@
         cap c, whose tanh is applied to the dot product). Absent rows are zero.
      2. The block's visible key range is the union over its rows of mask.row_bounds: the
         window [lo(first row), hi(last row)] (both bounds grow with the row) plus the sink
-        prefix [0, sink_end(last row)). Only key tiles meeting that range are visited; a tile
-        visible to every row of the block skips the element-wise mask, others apply it.
+        prefix [0, sink_end(last row)), cut to the split's keys. Only key tiles meeting that
+        range are visited; a tile visible to every row of the block and inside the split skips
+        the element-wise mask, others apply it.
      3. Per key tile: resolve each key's location (dense row, or page id + slot through the
         page table; keys past the sequence end and recycled (-1) headwise pages are marked
         absent and never read: their shared-memory rows are zero and their logits -inf), load
@@ -30,7 +40,7 @@
         mask, update the row max m (a butterfly over the lanes of a row), P = 2^(S - m) into
         shared memory, rescale factor alpha = 2^(m_old - m); then load V into the same buffer
         and accumulate O = alpha * O + P.V, each thread owning a slice of O in registers.
-     4. Finish: the learned sink (when set) joins as one more logit without a value;
+     4. Finish: the learned sink (when set, unsplit) joins as one more logit without a value;
         O = acc * 2^(m - M) / l * v_descale, LSE = (M + log2 l) * ln 2 (natural log);
         a row that sees nothing writes O = 0 and LSE = -inf (or its sink logit).
    fp8: inputs are decoded exactly to fp32; S carries q_descale*k_descale, O carries v_descale;
@@ -42,8 +52,8 @@
 #include "fmha_params.h"
 
 #if !defined(FMHA_DTYPE) || !defined(FMHA_HDIM_Q) || !defined(FMHA_HDIM_V) || !defined(FMHA_KV_SOURCE) || \
-    !defined(FMHA_BLOCK_Q) || !defined(FMHA_BLOCK_K) || !defined(FMHA_THREADS)
-#error "fmha_fwd.hip needs -D FMHA_DTYPE, FMHA_HDIM_Q, FMHA_HDIM_V, FMHA_KV_SOURCE, FMHA_BLOCK_Q/K, FMHA_THREADS"
+    !defined(FMHA_SPLIT_KV) || !defined(FMHA_BLOCK_Q) || !defined(FMHA_BLOCK_K) || !defined(FMHA_THREADS)
+#error "fmha_fwd.hip needs -D FMHA_DTYPE, FMHA_HDIM_Q/V, FMHA_KV_SOURCE, FMHA_SPLIT_KV, FMHA_BLOCK_Q/K, FMHA_THREADS"
 #endif
 
 #define FMHA_CAT_(a, b) a##b
@@ -95,6 +105,7 @@ typedef FMHA_CAT(input_, FMHA_DTYPE) In;
 typedef In::storage InT;
 typedef In::out::storage OutT;
 constexpr bool kPaged = FMHA_CAT(kv_, FMHA_KV_SOURCE)::paged;
+constexpr bool kSplitKv = FMHA_SPLIT_KV != 0;
 
 /* ------------------------------------------------------------------ tile geometry */
 constexpr int kDq = FMHA_HDIM_Q, kDv = FMHA_HDIM_V;
@@ -167,6 +178,14 @@ struct MaskSpec {
 };
 
 FMHA_DEVICE bool visible(int j, int lo, int hi, int sink_end) { return (j >= lo && j <= hi) || j < sink_end; }
+
+/* Tiles [begin, end) of a key range cut to the tiles [lo, hi): begin, and the count (>= 0). */
+FMHA_DEVICE int clip_tiles(int begin, int end, int lo, int hi, int& count)
+{
+    const int b = imax(begin, lo);
+    count = imax(imin(end, hi) - b, 0);
+    return b;
+}
 
 /* ------------------------------------------------------------------ K/V of one (sequence, KV head) */
 struct KvSequence {
@@ -256,6 +275,9 @@ extern "C" __global__ void FMHA_LAUNCH_BOUNDS(FMHA_THREADS) fmha_fwd(FmhaParams 
     const int tid = threadIdx.x;
     const int b = blockIdx.z, hk = blockIdx.y;
     const int group = p.nhead_q / p.nhead_k;
+    const bool split_kv = kSplitKv && p.num_splits > 1;
+    const int num_splits = split_kv ? p.num_splits : 1;
+    const int split = blockIdx.x % num_splits;
 
     int q_first = 0, seqlen_q = p.max_seqlen_q;
     if (p.group_mode) {
@@ -264,7 +286,7 @@ extern "C" __global__ void FMHA_LAUNCH_BOUNDS(FMHA_THREADS) fmha_fwd(FmhaParams 
         seqlen_q = seqstart[b + 1] - q_first;
     }
     const int rows = seqlen_q * group;  /* (position, head) rows of this KV head */
-    const int m0 = blockIdx.x * kBQ;
+    const int m0 = blockIdx.x / num_splits * kBQ;
     if (m0 >= rows) return;             /* uniform over the block */
 
     const KvSequence kv = kv_sequence(p, b, hk);
@@ -275,6 +297,10 @@ extern "C" __global__ void FMHA_LAUNCH_BOUNDS(FMHA_THREADS) fmha_fwd(FmhaParams 
         mask.right = 0;
         mask.sink = p.swa_sink;
     }
+    /* This split's keys [key_begin, key_end) (all of them when unsplit). */
+    const int split_width = (kv.length + num_splits - 1) / num_splits;
+    const int key_begin = imin(split * split_width, kv.length);
+    const int key_end = imin(key_begin + split_width, kv.length);
 
     /* 1. Q tile (pre-scaled). */
     const float cap = p.soft_cap;
@@ -305,7 +331,15 @@ extern "C" __global__ void FMHA_LAUNCH_BOUNDS(FMHA_THREADS) fmha_fwd(FmhaParams 
     const int sink_tiles = (sink_last + kBK - 1) / kBK;
     const int window_begin = imax(lo_first / kBK, sink_tiles);
     const int window_end = hi_last >= lo_first ? hi_last / kBK + 1 : 0;
-    const int num_tiles = sink_tiles + imax(window_end - window_begin, 0);
+    int sink_first_tile = 0, sink_count = sink_tiles;
+    int window_first_tile = window_begin, window_count = imax(window_end - window_begin, 0);
+    if (kSplitKv) {  /* only the tiles that meet the split's keys */
+        const int tile_begin = key_begin / kBK;
+        const int tile_end = key_end > key_begin ? (key_end - 1) / kBK + 1 : tile_begin;
+        sink_first_tile = clip_tiles(0, sink_tiles, tile_begin, tile_end, sink_count);
+        window_first_tile = clip_tiles(window_begin, window_end, tile_begin, tile_end, window_count);
+    }
+    const int num_tiles = sink_count + window_count;
 
     /* Per-thread S rows and their mask bounds. */
     const int s_tk = tid % kSTK, s_tq = tid / kSTK;
@@ -329,9 +363,12 @@ extern "C" __global__ void FMHA_LAUNCH_BOUNDS(FMHA_THREADS) fmha_fwd(FmhaParams 
     const InT* v_base = (const InT*)p.v + b * p.v_batch_stride + hk * p.v_head_stride;
 
     for (int t = 0; t < num_tiles; ++t) {
-        const int j0 = (t < sink_tiles ? t : window_begin + (t - sink_tiles)) * kBK;
-        /* Tiles inside the sink prefix of every row, or inside every row's window, need no mask. */
-        const bool all_visible = j0 + kBK <= sink_first || (j0 >= lo_last && j0 + kBK - 1 <= hi_first);
+        const int j0 = (t < sink_count ? sink_first_tile + t : window_first_tile + (t - sink_count)) * kBK;
+        /* Tiles inside the split and inside the sink prefix of every row, or inside every row's
+           window, need no mask. */
+        const bool tile_in_split = !kSplitKv || (j0 >= key_begin && j0 + kBK <= key_end);
+        const bool all_visible =
+            tile_in_split && (j0 + kBK <= sink_first || (j0 >= lo_last && j0 + kBK - 1 <= hi_first));
 
         /* 3a. Locate the keys; the barrier also retires the previous tile's readers of sm.kv. */
         if (tid < kBK) locate_key(p, kv, j0 + tid, sm.key_page[tid], sm.key_slot[tid]);
@@ -372,7 +409,9 @@ extern "C" __global__ void FMHA_LAUNCH_BOUNDS(FMHA_THREADS) fmha_fwd(FmhaParams 
 #pragma unroll
             for (int n = 0; n < kSN; ++n) {
                 float x = cap > 0.f ? tanhf(s[i][n]) * cap_log2 : s[i][n];
-                if (!all_visible && !visible(j0 + s_tk + n * kSTK, row_lo[i], row_hi[i], row_sink[i])) x = -FMHA_INF;
+                const int j = j0 + s_tk + n * kSTK;
+                const bool key_in_split = !kSplitKv || (j >= key_begin && j < key_end);
+                if (!all_visible && !(key_in_split && visible(j, row_lo[i], row_hi[i], row_sink[i]))) x = -FMHA_INF;
                 s[i][n] = x;
                 tile_max = fmaxf(tile_max, x);
             }
@@ -437,9 +476,9 @@ extern "C" __global__ void FMHA_LAUNCH_BOUNDS(FMHA_THREADS) fmha_fwd(FmhaParams 
     }
     fmha_barrier();  /* the last tile's readers of sm.row_factor are done */
 
-    /* 4. Sink, normalisation, LSE. */
+    /* 4. Sink (unsplit only: the combine adds it), normalisation, LSE. */
     const float* sinks = (const float*)p.sink_logits;
-    float* lse = (float*)p.lse;
+    float* lse = split_kv ? (float*)p.lse_acc + split * p.lse_acc_split_stride : (float*)p.lse;
 #pragma unroll
     for (int i = 0; i < kSM; ++i) {
         float sum = row_sum[i];
@@ -450,26 +489,34 @@ extern "C" __global__ void FMHA_LAUNCH_BOUNDS(FMHA_THREADS) fmha_fwd(FmhaParams 
         const int h = hk * group + m % group;
         const float row_m = row_max[i];
         float top = row_m;  /* M: the max over the row's logits and its sink */
-        if (p.has_sink) {
+        if (p.has_sink && !split_kv) {
             const float sink = sinks[h] * FMHA_LOG2E;
             top = fmaxf(row_m, sink);
             sum = (row_m == -FMHA_INF ? 0.f : sum * fmha_exp2(row_m - top)) + fmha_exp2(sink - top);
         }
         sm.row_factor[r] = row_m == -FMHA_INF ? 0.f : fmha_exp2(row_m - top) / sum * p.v_descale;
-        if (p.has_lse)
+        if (p.has_lse || split_kv)
             lse[b * p.lse_batch_stride + h * p.lse_head_stride + q_first + m / group] =
                 sum > 0.f ? (top + log2f(sum)) * FMHA_LN2 : -FMHA_INF;
     }
     fmha_barrier();
 
-    OutT* o = (OutT*)p.o;
 #pragma unroll
     for (int i = 0; i < kOM; ++i) {
         const int r = o_tq + i * kOTQ, m = m0 + r;
         if (m >= rows) continue;
         const int h = hk * group + m % group;
         const float f = sm.row_factor[r];
-        OutT* dst = o + b * p.o_batch_stride + h * p.o_head_stride + (i64)(q_first + m / group) * p.o_row_stride;
+        const i64 row = b * p.o_batch_stride + h * p.o_head_stride + (i64)(q_first + m / group) * p.o_row_stride;
+        if (split_kv) {  /* fp32 partial, same element offsets as O */
+            float* dst = (float*)p.o_acc + split * p.o_acc_split_stride + row;
+#pragma unroll
+            for (int u = 0; u < kOV; ++u)
+                *(Float4*)(dst + (o_td + u * kOTD) * 4) =
+                    Float4{acc[i][u].x * f, acc[i][u].y * f, acc[i][u].z * f, acc[i][u].w * f};
+            continue;
+        }
+        OutT* dst = (OutT*)p.o + row;
 #pragma unroll
         for (int u = 0; u < kOV; ++u) {
             const Pack<OutT, 4> packed = {{In::out::encode(acc[i][u].x * f), In::out::encode(acc[i][u].y * f),

@@ -65,6 +65,11 @@ typedef struct FmhaParams {
     float q_descale;                     /* fp8 per-tensor dequantisation factor of Q (1 otherwise) */
     float k_descale;                     /* fp8 per-tensor dequantisation factor of K (1 otherwise) */
     float v_descale;                     /* fp8 per-tensor dequantisation factor of V (1 otherwise) */
+    unsigned long long o_acc;            /* fp32 partial O [num_splits, *O shape]; a split is addressed with O's strides */
+    unsigned long long lse_acc;          /* fp32 partial LSE [num_splits, *LSE shape] (natural log, sink left out) */
+    long long o_acc_split_stride;        /* o_acc elements between splits */
+    long long lse_acc_split_stride;      /* lse_acc elements between splits */
+    int num_splits;                      /* 1: fmha_fwd writes O/LSE; > 1: block x = row tile * num_splits + split */
 } FmhaParams;
 
 #endif /* FMHA_PARAMS_H */

@@ -13,15 +13,20 @@ from fmha_bench.problem import Problem
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module")
-def gpu():
+@pytest.fixture(scope="module", params=["dispatcher", "portable"])
+def gpu(request):
+    """Every case runs twice: with the dispatcher's pick (the tensor-core kernel where it
+    applies) and with the portable kernel forced."""
     from fmha_bench.backends import BackendUnavailable, open_backend
     try:
         backend = open_backend(0)
     except BackendUnavailable as e:
         pytest.skip(f"no GPU: {e}")
     from fmha_bench.providers.fmha import FmhaProvider
-    return backend, backend.device_info(), FmhaProvider()
+    provider = FmhaProvider()
+    if request.param == "portable":
+        provider.force_kernel("portable")
+    return backend, backend.device_info(), provider
 
 
 def _check(gpu, problem):
@@ -33,6 +38,7 @@ def _check(gpu, problem):
     row = run_once(problem, provider, backend, device)
     assert row.status == "ok", f"{problem.name()}: {row.status}: {row.reason}"
     assert row.val_mode == "full"
+    return row
 
 
 MASKS = ["0", "t", "b", "t:3,5", "b:16,0", "b:-1,0,4", "t:8,-1,2", "xt:33", "xb:20"]
@@ -99,3 +105,67 @@ def test_paged_decode_batch_mode(gpu):
 def test_headwise_tables_never_read_recycled_blocks(gpu):
     _check(gpu, Problem(family="paged", batch=2, seqlen_q=4, seqlen_k=700, nhead_q=8, nhead_k=4, hdim_q=128,
                         mask="b", page_size=16, page_table="headwise", swa_heads=(1, 3), swa_window=64, swa_sink=16))
+
+
+# ----------------------------------------------------------------------------- split-KV (forward + combine)
+def _check_split(gpu, problem, num_splits):
+    """The row ran the split path with `num_splits` splits and the combine."""
+    row = _check(gpu, problem)
+    assert f" split{num_splits} + combine_" in row.kernel, row.kernel
+
+
+def _splitkv(**fields) -> Problem:
+    defaults = dict(family="splitkv", batch=2, seqlen_q=7, seqlen_k=1000, nhead_q=8, nhead_k=2, hdim_q=128, mask="b",
+                    lse=True)
+    return Problem(**{**defaults, **fields})
+
+
+@pytest.mark.parametrize("num_splits", [2, 3, 16, 64, 1500])  # 1500 > 1000 keys: empty splits
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_split_counts_match_reference(gpu, num_splits, dtype):
+    _check_split(gpu, _splitkv(num_splits=num_splits, dtype=dtype), num_splits)
+
+
+@pytest.mark.parametrize("mask", MASKS)
+def test_split_every_mask_matches_reference(gpu, mask):
+    _check_split(gpu, _splitkv(seqlen_q=77, seqlen_k=1300, mask=mask, num_splits=5), 5)
+
+
+@pytest.mark.parametrize("seqlen_q", [1, 2, 3, 4])
+@pytest.mark.parametrize("table", ["vllm", "sglang"])
+def test_split_causal_decode_over_a_paged_cache(gpu, seqlen_q, table):
+    _check_split(gpu, Problem(family="paged", batch=4, seqlen_q=seqlen_q, seqlen_k=3001, nhead_q=32, nhead_k=8,
+                              hdim_q=128, mask="b", page_size=16, page_table=table, lse=True, num_splits=6), 6)
+
+
+def test_split_paged_varlen_with_page_size_one_and_nhd(gpu):
+    _check_split(gpu, Problem(family="paged", mode="group", batch=3, seqlen_q=[5, 1, 0], seqlen_k=[300, 17, 40],
+                              nhead_q=8, nhead_k=2, hdim_q=128, mask="b", page_size=1, kv_layout="nhd", lse=True,
+                              num_splits=4), 4)
+
+
+def test_split_headwise_sliding_window_heads_skip_recycled_blocks(gpu):
+    _check_split(gpu, Problem(family="paged", batch=2, seqlen_q=4, seqlen_k=700, nhead_q=8, nhead_k=4, hdim_q=128,
+                              mask="b", page_size=16, page_table="headwise", swa_heads=(1, 3), swa_window=64,
+                              swa_sink=16, lse=True, num_splits=8), 8)
+
+
+@pytest.mark.parametrize("problem", [
+    # Sq > Sk: the first rows see no key; their LSE is the sink logit
+    _splitkv(seqlen_q=90, seqlen_k=40, nhead_q=4, sink=True, soft_cap=20.0, num_splits=3),
+    _splitkv(mode="group", batch=5, seqlen_q=[33, 0, 1, 130, 4], seqlen_k=[50, 0, 1, 0, 900], nhead_q=4, nhead_k=1,
+             sink=True, num_splits=7),
+    _splitkv(mode="group", batch=3, seqlen_q=[3, 0, 7], seqlen_k=[410, 5, 0], nhead_q=4, nhead_k=4, lse=False,
+             num_splits=5),
+    _splitkv(hdim_q=192, hdim_v=128, dtype="bf16", num_splits=4),
+    _splitkv(hdim_q=64, num_splits=4, nhead_q=16, nhead_k=1),
+], ids=lambda p: p.name())
+def test_split_sink_varlen_and_head_dims_match_reference(gpu, problem):
+    _check_split(gpu, problem, problem.num_splits)
+
+
+@pytest.mark.parametrize("batch,expect_split", [(1, True), (64, False)])
+def test_auto_split_count_follows_the_sm_count(gpu, batch, expect_split):
+    row = _check(gpu, Problem(family="paged", batch=batch, seqlen_q=1, seqlen_k=8195, nhead_q=32, nhead_k=8,
+                              hdim_q=128, mask="b", page_size=16, page_table="sglang", lse=True, num_splits=0))
+    assert (" split" in row.kernel) == expect_split, row.kernel

@@ -1,11 +1,13 @@
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+import synthetic_runs as synth
 from fmha_bench import report
 from fmha_bench.cli import cli
 from fmha_bench.errors import EXIT_POINT_FAILED, EXIT_USAGE
@@ -26,7 +28,8 @@ def example_rows():
 def test_help_describes_the_options_and_exit_codes():
     result = invoke("--help")
     assert result.exit_code == 0
-    for text in ("--baseline", "--fail-on-regression", "--csv", "--markdown", "--columns", "Exit code"):
+    for text in ("--baseline", "--fail-on-regression", "--csv", "--markdown", "--columns", "--pivot",
+                 "--baseline-provider", "--plots", "Exit code"):
         assert text in result.output
 
 
@@ -74,6 +77,13 @@ def test_percent_of_peak_is_the_larger_of_the_flops_and_bandwidth_fractions():
     column = report.COLUMNS["pct_peak"]
     assert column.value({"pct_peak_flops": 12.0, "pct_peak_bw": 80.0}) == 80.0
     assert column.value({"pct_peak_flops": None, "pct_peak_bw": None}) is None
+
+
+def test_bound_names_the_roof_with_the_larger_fraction_of_peak():
+    column = report.COLUMNS["bound"]
+    assert column.value({"pct_peak_flops": 0.4, "pct_peak_bw": 30.0}) == "memory"
+    assert column.value({"pct_peak_flops": 10.0, "pct_peak_bw": 0.6}) == "compute"
+    assert column.value({"pct_peak_flops": None, "pct_peak_bw": 0.6}) is None
 
 
 @pytest.mark.parametrize("value, text", [(0.0123456, "0.01235"), (1.05, "1.050"), (1234.5, "1234"), (None, "")])
@@ -173,3 +183,54 @@ def test_build_report_table_matches_the_fixture_run():
     built = report.build_report([run], ["name", "status"])
     assert built.frame.to_dict("records") == [{"name": r["name"], "status": r["status"]} for r in run.rows]
     assert built.slower == 0 and built.notes == ()
+
+
+def regression_runs(tmp_path):
+    """A baseline of fmha rows and a new run with two points slower (x1.2, x1.5), one faster, and
+    one 3x slower but from a changed kernel."""
+    base = synth.provider_rows("fmha")
+    new = synth.provider_rows("fmha")
+    for index, factor in ((0, 1.2), (1, 1.5), (2, 0.5), (6, 3.0)):
+        new[index].time_s_median *= factor
+    new[6].kernel_version = "changed"
+    return (synth.write_run(tmp_path, "base", base, ["fmha"]), synth.write_run(tmp_path, "new", new, ["fmha"]))
+
+
+def test_regressions_are_listed_first_worst_first(tmp_path):
+    base, new = regression_runs(tmp_path)
+    out = tmp_path / "table.csv"
+    assert invoke(new, "--baseline", base, "--csv", out).exit_code == 0
+    table = pd.read_csv(out)
+    assert table["verdict"].tolist()[:3] == ["SLOWER", "SLOWER", "FASTER"]
+    assert table["ratio"].tolist()[:2] == pytest.approx([1.5, 1.2])
+    assert table["name"].tolist()[:2] == [synth.PREFILL[1].name(), synth.PREFILL[0].name()]
+    assert dict(table["verdict"].value_counts()) == {"SAME": 5, "SLOWER": 2, "FASTER": 1, "NOT_COMPARABLE": 1}
+
+
+def test_slower_points_exit_0_without_fail_on_regression(tmp_path):
+    base, new = regression_runs(tmp_path)
+    result = invoke(new, "--baseline", base)
+    assert result.exit_code == 0
+    assert "SLOWER" in result.output and "slower than baseline" not in result.output
+
+
+def test_fail_on_regression_ignores_faster_and_not_comparable_points(tmp_path):
+    base, new = regression_runs(tmp_path)
+    assert invoke(new, "--baseline", base, "--fail-on-regression").exit_code == EXIT_POINT_FAILED
+    rows = synth.provider_rows("fmha")
+    rows[2].time_s_median *= 0.5
+    rows[6].time_s_median *= 3.0
+    rows[6].kernel_version = "changed"
+    faster = synth.write_run(tmp_path, "faster", rows, ["fmha"])
+    result = invoke(faster, "--baseline", base, "--fail-on-regression")
+    assert result.exit_code == 0, result.output
+    assert "FASTER" in result.output and "NOT_COMPARABLE" in result.output
+
+
+def test_plots_without_matplotlib_ask_for_the_plot_extra_before_doing_anything(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    csv = tmp_path / "table.csv"
+    result = invoke(tmp_path / "no-such-run", "--plots", tmp_path / "figs", "--csv", csv)
+    assert result.exit_code == EXIT_USAGE
+    assert "--plots: needs matplotlib: pip install 'fmha-bench[plot]'" in result.output
+    assert not csv.exists() and not (tmp_path / "figs").exists()

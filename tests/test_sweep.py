@@ -214,7 +214,7 @@ def test_every_top_level_section_is_read(sweep_file):
         measure: {warmup: 1, min_samples: 3, max_samples: 9, max_noise: 0.1, time_budget_s: 0.5, l2_flush: false}
         validate: {mode: full, rows: 8, seed: 3}
         seed: 7
-        binaries: {mine: {path: /opt/x}}
+        binaries: {mine: {command: [/opt/x], time: 'time: ([0-9.]+)'}}
         ck: {binary: /opt/ck/tile_example_fmha_fwd}
     """))
     assert loaded.name == "full" and loaded.description == "all keys"
@@ -222,7 +222,7 @@ def test_every_top_level_section_is_read(sweep_file):
     assert loaded.measure == MeasureSettings(1, 3, 9, 0.1, 0.5, False)
     assert loaded.validate == ValidateSettings("full", 8, 3)
     assert loaded.seed == 7
-    assert loaded.binaries == {"mine": {"path": "/opt/x"}}
+    assert list(loaded.binaries) == ["mine"] and loaded.binaries["mine"].command == ("/opt/x",)
     assert loaded.ck_binary == "/opt/ck/tile_example_fmha_fwd"
 
 
@@ -291,8 +291,11 @@ def test_a_bad_field_filter_is_a_user_error_naming_the_flag(grid, text, message)
 
 
 # ----------------------------------------------------------------------------- packaged sweeps
-def test_the_packaged_sweeps_are_the_documented_six():
-    assert set(packaged_sweeps()) == {"quick", "prefill", "paged", "fp8", "decode", "varlen"}
+PACKAGED = ["quick", "prefill", "paged", "fp8", "decode", "varlen", "splitkv", "parity", "perf_prefill", "perf_paged"]
+
+
+def test_the_packaged_sweeps_are_the_documented_ones():
+    assert set(packaged_sweeps()) == set(PACKAGED)
 
 
 def test_find_sweep_takes_a_packaged_name_with_or_without_suffix_and_defaults_to_quick():
@@ -311,7 +314,7 @@ def test_find_sweep_prefers_an_existing_file_and_reports_an_unknown_name(tmp_pat
     assert e.value.where == "prefil" and "quick" in str(e.value)
 
 
-@pytest.mark.parametrize("name", ["quick", "prefill", "paged", "fp8", "decode", "varlen"])
+@pytest.mark.parametrize("name", PACKAGED)
 def test_every_packaged_sweep_expands_to_valid_problems_only(name):
     points = load_sweep(packaged_sweeps()[name]).expand()
     assert points

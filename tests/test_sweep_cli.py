@@ -99,12 +99,12 @@ def test_mask_specs_print_verbatim_not_as_markup_or_emoji(tmp_path):
 
 
 @pytest.fixture
-def fake_runner(monkeypatch):
+def fake_runner(monkeypatch, tmp_path):
     calls = []
 
     def run_sweep(sweep, points, options):
         calls.append((sweep, points, options))
-        return 1
+        return types.SimpleNamespace(exit_code=1, run_path=tmp_path, rows=[])
 
     monkeypatch.setitem(sys.modules, "fmha_bench.runner", types.SimpleNamespace(run_sweep=run_sweep))
     return calls

@@ -30,8 +30,8 @@ def cli():
 
 
 def _register():
-    from . import build_cmd, doctor_cmd, list_cmd, report_cmd, sweep_cmd
-    for module in (sweep_cmd, list_cmd, report_cmd, build_cmd, doctor_cmd):
+    from . import build_cmd, doctor_cmd, list_cmd, parity_cmd, report_cmd, sweep_cmd
+    for module in (sweep_cmd, parity_cmd, list_cmd, report_cmd, build_cmd, doctor_cmd):
         for command in module.COMMANDS:
             cli.add_command(command)
 

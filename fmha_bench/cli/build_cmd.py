@@ -20,7 +20,7 @@ def default_sweep() -> str:
 
 def specs_for(sweep_paths, arch_names: list[str]) -> list:
     """The kernel instances the points of these sweeps need on these arches (union, in order)."""
-    from ..kernels import instances_for
+    from ..dispatch import instances_for
     from ..sweep import load_sweep
     problems = [point.problem for path in sweep_paths for point in load_sweep(path).expand()
                 if point.problem is not None]

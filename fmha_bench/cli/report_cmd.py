@@ -1,4 +1,5 @@
-"""`fmha-bench report`: tables of finished (or interrupted) runs, and comparison with a baseline."""
+"""`fmha-bench report`: tables of finished (or interrupted) runs, comparison with a baseline run,
+providers side by side (--pivot) and figures (--plots)."""
 from __future__ import annotations
 
 import sys
@@ -19,8 +20,20 @@ from ..errors import EXIT_POINT_FAILED, UserError
               help="Also write the table as Markdown.")
 @click.option("--columns", metavar="ID,...",
               help="Comma-separated column ids replacing the default set, e.g. "
-                   "name,provider,status,median_ms,tflops; problem fields (seqlen_q, ...) work too.")
-def report(runs, baseline, fail_on_regression, csv_path, markdown_path, columns):
+                   "name,provider,status,median_ms,tflops; problem fields (seqlen_q, ...) work too. "
+                   "With --pivot: point columns (name, point_id, bound, problem fields) and "
+                   "per-provider ones (status, median_ms, tflops, tbps, max_abs, speedup, ...).")
+@click.option("--pivot", is_flag=True,
+              help="One row per point with the providers side by side: status, median ms, "
+                   "TFLOPS / TB/s and speedup vs the baseline provider.")
+@click.option("--baseline-provider", metavar="NAME",
+              help="Provider that --pivot and --plots speedups are relative to (default: fmha when "
+                   "it has rows, else the first provider of the run).")
+@click.option("--plots", "plots_dir", metavar="DIR", type=click.Path(file_okay=False),
+              help="Also write PNG figures into DIR: TFLOPS vs seqlen_k, speedup vs the baseline "
+                   "provider, TB/s vs page size (needs matplotlib: pip install 'fmha-bench[plot]').")
+def report(runs, baseline, fail_on_regression, csv_path, markdown_path, columns, pivot, baseline_provider,
+           plots_dir):
     """Print one table of RUN... (run directories, or run ids under the results directory).
 
     One row per point and provider: status with the reason of skips and failures, median time,
@@ -32,23 +45,52 @@ def report(runs, baseline, fail_on_regression, csv_path, markdown_path, columns)
     max(2 x combined relative IQR, 2%), SAME otherwise; NOT_COMPARABLE when either side did not
     run ok or the kernel's source changed (kernel_version); MISSING when the baseline lacks it.
 
+    With --pivot one row per point: the swept problem fields, then per provider its status
+    (when a point did not run ok), median time, TFLOPS (compute-bound points) and TB/s
+    (memory-bound points) and speedup = baseline provider's median / its median (> 1: faster).
+    Rows of one point from several runs (shards, a run per provider) share a row; a provider
+    met twice for a point keeps the row of the run named later.
+
+    --plots draws the ok rows into DIR (tflops-<family>-<dtype>.png, tbps-<family>-<dtype>.png,
+    speedup.png; -2, -3, ... when a figure overflows) and prints each path.
+
     Exit code 0, also when points failed (`sweep` reports those); 1 only with
     --fail-on-regression and a SLOWER point; 2 for bad usage.
     """
-    from .. import config, report as tables  # here, not at the top: pandas would slow every --help
+    # here, not at the top: pandas would slow every --help
+    from .. import config, plots, report as tables
+    from ..pivot import build_pivot_report, choose_baseline, merge_runs
     from ..store import find_run, load_run
 
+    if plots_dir:
+        plots.require_matplotlib()
     if fail_on_regression and not baseline:
         raise UserError("needs --baseline RUN to compare against", where="--fail-on-regression")
+    if pivot and baseline:
+        raise UserError("compares providers within the runs; --baseline compares runs: use one", where="--pivot")
+    if baseline_provider and not (pivot or plots_dir):
+        raise UserError("only applies with --pivot or --plots", where="--baseline-provider")
     loaded = [load_run(find_run(name, config.results_dir())) for name in runs]
     base = load_run(find_run(baseline, config.results_dir())) if baseline else None
-    chosen = tables.choose_columns(columns, several_runs=len(loaded) > 1, with_baseline=base is not None)
-    result = tables.build_report(loaded, chosen, base)
-    tables.print_report(result, loaded, tables.make_console(), base)
+    console = tables.make_console()
+    merged = merge_runs(loaded) if pivot or plots_dir else None
+    if merged is not None:
+        baseline_provider = choose_baseline(merged.providers, baseline_provider)
+        for note in merged.notes:
+            console.print(f"warning: {note}", style="yellow", highlight=False)
+    if pivot:
+        result = build_pivot_report(merged, columns, baseline_provider)
+    else:
+        chosen = tables.choose_columns(columns, several_runs=len(loaded) > 1, with_baseline=base is not None)
+        result = tables.build_report(loaded, chosen, base)
+    tables.print_report(result, loaded, console, base)
     if csv_path:
         tables.write_csv(result.frame, csv_path)
     if markdown_path:
-        tables.write_markdown(result.frame, markdown_path)
+        tables.write_markdown(result.frame, markdown_path, result.specs)
+    if plots_dir:
+        for path in plots.write_plots(merged.rows, plots_dir, baseline_provider, merged.providers):
+            console.print(str(path), highlight=False)
     if fail_on_regression and result.slower:
         click.secho(f"{result.slower} point(s) slower than baseline {base.run_id}", fg="red", err=True)
         sys.exit(EXIT_POINT_FAILED)

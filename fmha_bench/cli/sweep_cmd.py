@@ -20,29 +20,52 @@ Examples:
 """
 
 
+def run_options(command):
+    """The options `sweep` and `parity` share: which points, which providers, where results go."""
+    options = [
+        click.argument("sweep_file", required=False, metavar="[FILE]"),
+        click.option("--providers", metavar="A,B", help="Comma-separated providers, replacing the sweep's list."),
+        click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="GPU index."),
+        click.option("--validate", "validate_mode", type=click.Choice(VALIDATE_MODES),
+                     help="Validation against the reference, replacing the sweep's mode."),
+        click.option("--run-id", metavar="ID", help="Name of the run directory (default: a timestamp)."),
+        click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Where run directories go (default: $FMHA_BENCH_RESULTS or ./results)."),
+        click.option("--kernel", metavar="NAME",
+                     help="Use only this kernel instance of provider fmha (name or hash prefix)."),
+        click.option("--all-instances", is_flag=True,
+                     help="Also run every candidate instance of each point as provider fmha:<tile>, beside the "
+                          "dispatcher's pick (provider fmha)."),
+        click.option("--ck-binary", metavar="PATH",
+                     help="Composable Kernel's tile_example_fmha_fwd for provider ck (else the sweep's ck: binary, "
+                          "else $FMHA_BENCH_CK_BINARY)."),
+        click.option("--seed", type=int, help="Input seed, replacing the sweep's."),
+        click.option("--filter", "filters", multiple=True, metavar="TEXT",
+                     help="Keep points where FIELD=VALUE (`mask=causal`, `hdim_q=128`) or whose name, id or source "
+                          "contains TEXT. Repeatable: every filter must match."),
+        click.option("--limit", type=click.IntRange(min=1), help="Keep the first N points (after --filter)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def sweep_options(providers, device, validate_mode, run_id, results_dir, kernel, all_instances, ck_binary, seed,
+                  filters, limit) -> SweepOptions:
+    return SweepOptions(providers=providers, device=device, validate=validate_mode, run_id=run_id,
+                        results_dir=results_dir or config.results_dir(), kernel=kernel, all_instances=all_instances,
+                        ck_binary=ck_binary, seed=seed, filters=tuple(filters), limit=limit, argv=tuple(sys.argv))
+
+
 @click.command("sweep", epilog=EXAMPLES)
-@click.argument("sweep_file", required=False, metavar="[FILE]")
+@run_options
 @click.option("--dry-run", is_flag=True, help="Show the expanded points and exit (no GPU needed).")
-@click.option("--providers", metavar="A,B", help="Comma-separated providers, replacing the sweep's list.")
-@click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="GPU index.")
-@click.option("--validate", "validate_mode", type=click.Choice(VALIDATE_MODES),
-              help="Validation against the reference, replacing the sweep's mode.")
-@click.option("--run-id", metavar="ID", help="Name of the run directory (default: a timestamp).")
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where run directories go (default: $FMHA_BENCH_RESULTS or ./results).")
-@click.option("--kernel", metavar="NAME", help="Use only this kernel instance of provider fmha (name or hash prefix).")
-@click.option("--seed", type=int, help="Input seed, replacing the sweep's.")
-@click.option("--filter", "filters", multiple=True, metavar="TEXT",
-              help="Keep points where FIELD=VALUE (`mask=causal`, `hdim_q=128`) or whose name, id or source "
-                   "contains TEXT. Repeatable: every filter must match.")
-@click.option("--limit", type=click.IntRange(min=1), help="Keep the first N points (after --filter).")
-def sweep(sweep_file, dry_run, providers, device, validate_mode, run_id, results_dir, kernel, seed, filters, limit):
+def sweep(sweep_file, dry_run, filters, limit, **run_settings):
     """Run the points of a sweep FILE through its providers and record the results.
 
-    FILE is a sweep YAML file or the name of a packaged sweep (quick, prefill, paged, fp8,
-    decode, varlen); without it, the packaged quick sweep. The format is described in
-    `fmha_bench/sweep.py` and the README. Points that are not valid problems are listed as
-    skipped, with the reason.
+    FILE is a sweep YAML file or the name of a packaged sweep (`fmha-bench list sweeps`);
+    without it, the packaged quick sweep. The format is described in `fmha_bench/sweep.py` and
+    the README. Points that are not valid problems are listed as skipped, with the reason.
     """
     loaded = load_sweep(find_sweep(sweep_file))
     expansion = loaded.expansion()
@@ -51,10 +74,8 @@ def sweep(sweep_file, dry_run, providers, device, validate_mode, run_id, results
         _show_plan(loaded, expansion, points)
         return
     from ..runner import run_sweep  # here, not at the top: the run path pulls in the GPU side
-    options = SweepOptions(providers=providers, device=device, validate=validate_mode, run_id=run_id,
-                           results_dir=results_dir or config.results_dir(), kernel=kernel, seed=seed, filters=tuple(filters),
-                           limit=limit, argv=tuple(sys.argv))
-    sys.exit(run_sweep(loaded, points, options))
+    outcome = run_sweep(loaded, points, sweep_options(filters=filters, limit=limit, **run_settings))
+    sys.exit(outcome.exit_code)
 
 
 def _show_plan(loaded: Sweep, expansion: Expansion, points: list) -> None:

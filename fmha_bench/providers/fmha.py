@@ -1,14 +1,21 @@
-"""`fmha`: this project's kernels from kernel_src/, JIT-compiled for the device's arch."""
+"""`fmha`: this project's kernels from kernel_src/, JIT-compiled for the device's arch.
+
+A split-KV point (num_splits != 1; 0 = the count `kernels.choose_num_splits` picks for the
+device's SM count) launches the forward kernel into the session's workspaces, then the combine
+kernel, on one stream; the row's kernel name says how many splits ran.
+"""
 from __future__ import annotations
 
 from .base import Prepared, Provider
 
 
 class FmhaProvider(Provider):
-    name = "fmha"
+    """`fmha` runs the dispatcher's pick; `fmha:<tag>` (--all-instances) runs that candidate."""
     kind = "kernel"
 
-    def __init__(self):
+    def __init__(self, tag: str | None = None):
+        self.tag = tag
+        self.name = "fmha" if tag is None else f"fmha:{tag}"
         self._built = {}       # instance name -> BuildResult
         self._functions = {}   # instance name -> loaded function handle
         self._forced = None
@@ -17,17 +24,33 @@ class FmhaProvider(Provider):
         return "this project's HIP kernels (kernel_src/), JIT-built per arch (nvcc/NVRTC, hipcc/clang)"
 
     def force_kernel(self, label: str | None) -> None:
-        """--kernel: only instances whose name contains `label` are used."""
+        """--kernel: the first candidate whose instance label or tag contains `label` runs."""
         self._forced = label
 
     def _select(self, problem, arch):
-        from ..kernels import select_kernel
-        spec = select_kernel(problem, arch)
-        if isinstance(spec, str):
-            return None, spec
-        if self._forced and self._forced not in spec.label:
-            return None, f"--kernel {self._forced}: the dispatcher chose {spec.label}"
-        return spec, None
+        from ..dispatch import candidates
+        found = candidates(problem, arch)
+        if isinstance(found, str):
+            return None, found
+        if self.tag:
+            found = [(tag, spec) for tag, spec in found if tag == self.tag]
+            if not found:
+                return None, f"{self.tag} is not a candidate instance for this point"
+        if self._forced:
+            wanted = [(tag, spec) for tag, spec in found if self._forced in spec.label or self._forced in tag]
+            if not wanted:
+                return None, f"--kernel {self._forced}: no candidate matches ({', '.join(t for t, _ in found)})"
+            found = wanted
+        return found[0][1], None
+
+    def _specs(self, problem, arch) -> list:
+        """The instances a point needs: its forward kernel and, when it may split, the combine."""
+        from ..kernels import select_combine
+        spec, _ = self._select(problem, arch)
+        if spec is None:
+            return []
+        combine = select_combine(problem, arch)
+        return [spec] if combine is None else [spec, combine]
 
     def supports(self, problem, device) -> str | None:
         return self._select(problem, device.arch)[1]
@@ -35,22 +58,13 @@ class FmhaProvider(Provider):
     def build(self, problems, device, jobs=None) -> None:
         """Compile every instance the points need, in parallel, before the first point runs."""
         from ..build import build_all
-        specs = {}
-        for p in problems:
-            spec, _ = self._select(p, device.arch)
-            if spec is not None:
-                specs[spec] = True
+        specs = {spec: True for p in problems for spec in self._specs(p, device.arch)}
         if specs:
             self._built.update(build_all(list(specs), jobs=jobs))
 
-    def prepare(self, problem, session) -> Prepared:
-        from ..backends.base import KernelArguments
+    def _function(self, spec, problem, session):
+        """(instance name, loaded function) of `spec`, compiling it first if the sweep's build missed it."""
         from ..build import instance_name
-        from ..kernels import kernel_args, launch_config
-        backend = session.backend
-        spec, reason = self._select(problem, session.device.arch)
-        if spec is None:
-            raise RuntimeError(reason)
         name = instance_name(spec)
         result = self._built.get(name)
         if result is None:
@@ -60,18 +74,57 @@ class FmhaProvider(Provider):
             raise CompileFailed(f"{name}: {result.error}")
         function = self._functions.get(name)
         if function is None:
-            module = backend.load_module(result.path.read_bytes())
-            function = backend.get_function(module, spec.entry)
+            backend = session.backend
+            function = backend.get_function(backend.load_module(result.path.read_bytes()), spec.entry)
             self._functions[name] = function
-        grid, block, shared = launch_config(spec, problem)
+        return name, function
+
+    def prepare(self, problem, session) -> Prepared:
+        from ..backends.base import KernelArguments
+        from ..dispatch import launch_config
+        from ..kernels import combine_launch_config, kernel_args, num_splits_for, select_combine, split_workspace_bytes
+        from ..kernels_mma import MMA_SOURCE
+        backend = session.backend
+        spec, reason = self._select(problem, session.device.arch)
+        if spec is None:
+            raise RuntimeError(reason)
+        name, function = self._function(spec, problem, session)
+        num_splits = num_splits_for(problem, spec, session.device.sm_count)
+        notes = [] if problem.num_splits == 1 else \
+            [f"num_splits {num_splits} ({'auto' if problem.num_splits == 0 else 'given'})"]
+        grid, block, shared = launch_config(spec, problem, num_splits)
         if shared > 48 * 1024:
             backend.set_dynamic_shared(function, shared)
-        args = KernelArguments(kernel_args(problem, session.inputs, session.ptrs()))
+        ptrs = session.ptrs()
+        if num_splits == 1:
+            args = KernelArguments(kernel_args(problem, session.inputs, ptrs))
 
-        def launch():
+            def launch():
+                backend.launch(function, grid, block, shared, args)
+
+            # The tensor-core kernel rounds P to the input type before P.V; the portable one keeps fp32.
+            p_precision = "input" if spec.source == MMA_SOURCE else "fp32"
+            return Prepared(launch=launch, kernel=name, kernel_version=_version(name), p_precision=p_precision,
+                            notes=notes)
+
+        combine_spec = select_combine(problem, session.device.arch)
+        combine_name, combine = self._function(combine_spec, problem, session)
+        combine_grid, combine_block, combine_shared = combine_launch_config(combine_spec, problem)
+        for buffer, nbytes in split_workspace_bytes(problem, num_splits).items():
+            ptrs[buffer] = session.workspace(buffer, nbytes).ptr
+        args = KernelArguments(kernel_args(problem, session.inputs, ptrs, num_splits))
+
+        def launch_split():
             backend.launch(function, grid, block, shared, args)
+            backend.launch(combine, combine_grid, combine_block, combine_shared, args)
 
-        return Prepared(launch=launch, kernel=name, kernel_version=name.rsplit("-", 1)[-1], p_precision="fp32")
+        return Prepared(launch=launch_split, kernel=f"{name} split{num_splits} + {combine_name}",
+                        kernel_version=f"{_version(name)}+{_version(combine_name)}", p_precision="fp32", notes=notes)
+
+
+def _version(instance: str) -> str:
+    """The content hash that ends an instance name."""
+    return instance.rsplit("-", 1)[-1]
 
 
 class CompileFailed(RuntimeError):

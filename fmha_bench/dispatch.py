@@ -1,0 +1,57 @@
+"""The dispatcher: which forward instance runs a problem on an arch, and every candidate it
+chose from (for `--all-instances`).
+
+Candidates, in preference order: the tensor-core kernel's tiles (kernels_mma; NVIDIA sm_80+,
+fp16/bf16, one split) with the arch's default tile first, then the portable kernel (kernels),
+which runs everything the project supports. Each candidate carries a short tag
+(`mma-q128k64w8`, `portable-q32k32t128`) that names provider `fmha:<tag>` under --all-instances.
+The default order comes from measurements recorded in NOTES.md (issue #5) and the tile table in
+kernel_src/arch_specs.json.
+"""
+from __future__ import annotations
+
+from typing import Union
+
+from . import kernels, kernels_mma
+from .build.instance import KernelSpec
+from .problem import Problem
+
+
+def portable_tag(spec: KernelSpec) -> str:
+    d = dict(spec.defines)
+    return f"portable-q{d['FMHA_BLOCK_Q']}k{d['FMHA_BLOCK_K']}t{d['FMHA_THREADS']}"
+
+
+def candidates(problem: Problem, arch: str) -> Union[list, str]:
+    """[(tag, KernelSpec)] best first, or the reason no instance runs the problem."""
+    portable = kernels.select_kernel(problem, arch)
+    if isinstance(portable, str):
+        return portable
+    found = []
+    if problem.num_splits == 1:   # the tensor-core kernel does not split K/V yet
+        mma = kernels_mma.mma_candidates(problem, arch)
+        if not isinstance(mma, str):
+            found += mma
+    return found + [(portable_tag(portable), portable)]
+
+
+def instances_for(problems, arch_names) -> list[KernelSpec]:
+    """Every instance these problems may run on these arches: all their candidates (so
+    --all-instances and forced kernels find them prebuilt) and their combine kernels."""
+    found = {}
+    for arch in arch_names:
+        for problem in problems:
+            specs = candidates(problem, arch)
+            if isinstance(specs, str):
+                continue
+            found.update((spec, True) for _, spec in specs)
+            combine = kernels.select_combine(problem, arch)
+            if combine is not None:
+                found[combine] = True
+    return list(found)
+
+
+def launch_config(spec: KernelSpec, problem: Problem, num_splits: int = 1) -> tuple[tuple, tuple, int]:
+    if spec.source == kernels_mma.MMA_SOURCE:
+        return kernels_mma.mma_launch_config(spec, problem)
+    return kernels.launch_config(spec, problem, num_splits)

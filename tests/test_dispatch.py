@@ -1,0 +1,62 @@
+"""The dispatcher: candidates per problem and arch, their order, tags and launch shapes."""
+from __future__ import annotations
+
+from fmha_bench.dispatch import candidates, instances_for, launch_config
+from fmha_bench.kernels_mma import MMA_SOURCE, shared_bytes
+from fmha_bench.problem import Problem
+
+
+def test_nvidia_fp16_prefill_prefers_the_tensor_core_tiles_then_the_portable_kernel():
+    found = candidates(Problem(hdim_q=128), "sm_90a")
+    tags = [tag for tag, _ in found]
+    assert tags[0] == "mma-q128k64w8" and tags[-1].startswith("portable-")
+    assert all(spec.source == MMA_SOURCE for _, spec in found[:-1])
+
+
+def test_fp8_split_kv_and_amd_points_have_only_the_portable_kernel():
+    for problem, arch in [(Problem(dtype="fp8_e4m3fn"), "sm_90a"), (Problem(family="splitkv", num_splits=4), "sm_90a"),
+                          (Problem(), "gfx942")]:
+        found = candidates(problem, arch)
+        assert [tag.split("-")[0] for tag, _ in found] == ["portable"], (problem.name(), arch)
+
+
+def test_soft_cap_gets_its_own_instance():
+    plain, = [spec for tag, spec in candidates(Problem(), "sm_90a") if tag == "mma-q128k64w8"]
+    capped, = [spec for tag, spec in candidates(Problem(soft_cap=30.0), "sm_90a") if tag == "mma-q128k64w8"]
+    assert dict(plain.defines)["FMHA_SOFT_CAP"] == "0" and dict(capped.defines)["FMHA_SOFT_CAP"] == "1"
+
+
+def test_tiles_over_the_arch_shared_memory_limit_are_left_out():
+    big = {"block_q": 128, "block_k": 64, "warps": 8}
+    assert shared_bytes(256, 256, big) > 166912                    # sm_80's opt-in limit
+    tags_80 = [tag for tag, _ in candidates(Problem(hdim_q=256), "sm_80")]
+    tags_90 = [tag for tag, _ in candidates(Problem(hdim_q=256), "sm_90a")]
+    assert "mma-q128k64w8" not in tags_80 and "mma-q128k64w8" in tags_90
+
+
+def test_an_unsupported_problem_gives_the_reason():
+    assert "hdim 96" in candidates(Problem(hdim_q=96), "sm_90a")
+
+
+def test_mma_launch_uses_the_row_tiles_of_the_grouped_heads_and_dynamic_shared_memory():
+    problem = Problem(batch=3, seqlen_q=1000, nhead_q=16, nhead_k=4, hdim_q=128)
+    _, spec = candidates(problem, "sm_90a")[0]
+    grid, block, shared = launch_config(spec, problem)
+    assert grid == (-(-1000 * 4 // 128), 4, 3) and block == (256, 1, 1)
+    assert shared == 2 * (128 * 128 + 2 * 64 * 256)
+
+
+def test_instances_for_lists_every_candidate_once_and_skips_unsupported():
+    problems = [Problem(seqlen_q=s) for s in (64, 128, 256)] + [Problem(hdim_q=96)]
+    specs = instances_for(problems, ["sm_80", "sm_90a"])
+    assert len(specs) == len(set(specs))
+    for arch in ("sm_80", "sm_90a"):
+        assert {s for s in specs if s.arch == arch} == {spec for _, spec in candidates(problems[0], arch)}
+
+
+def test_instances_for_adds_the_split_instance_and_one_combine_per_arch():
+    problems = [Problem(family="paged", page_size=16, seqlen_k=s, num_splits=n) for s, n in ((300, 0), (900, 4))]
+    specs = instances_for(problems, ["gfx942", "sm_90a"])
+    kinds = [(s.entry, dict(s.defines).get("FMHA_SPLIT_KV"), s.arch) for s in specs]
+    assert kinds == [(entry, split, arch) for arch in ("gfx942", "sm_90a")
+                     for entry, split in (("fmha_fwd", "1"), ("fmha_combine", None))]

@@ -1,0 +1,149 @@
+"""The fmha provider's launch plan and the point session's workspaces, on a recording fake backend
+(no GPU, no compiler): what is allocated when, and what one timed launch enqueues."""
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+
+from fmha_bench import build
+from fmha_bench.backends.base import Backend, DeviceBuffer, DeviceInfo
+from fmha_bench.build.cache import BuildResult
+from fmha_bench.kernel_params import FmhaParams, unpack
+from fmha_bench.kernels import (combine_launch_config, launch_config, select_combine, select_kernel,
+                                split_workspace_bytes)
+from fmha_bench.problem import Problem
+from fmha_bench.providers.fmha import FmhaProvider
+from fmha_bench.session import POISON_BYTE, PointSession
+
+
+class RecordingBackend(Backend):
+    """Hands out fake addresses and logs every call as a tuple."""
+    name = "fake"
+
+    def __init__(self, sm_count=132):
+        self.calls, self.sm_count, self._next = [], sm_count, 0x10000
+
+    def device_info(self):
+        return DeviceInfo("fake", 0, "fake GPU", "sm_90a", "sm_90", self.sm_count, 1 << 20, 1 << 30)
+
+    def alloc(self, nbytes):
+        self._next += 1 << 20
+        self.calls.append(("alloc", nbytes, self._next))
+        return DeviceBuffer(self._next, nbytes)
+
+    def free(self, buf):
+        self.calls.append(("free", buf.ptr))
+
+    def copy_to_device(self, buf, host):
+        pass
+
+    def copy_to_host(self, buf, host):
+        pass
+
+    def memset(self, buf, byte, stream=None):
+        self.calls.append(("memset", buf.ptr, byte))
+
+    def load_module(self, image):
+        return image
+
+    def get_function(self, module, name):
+        return name
+
+    def set_dynamic_shared(self, function, nbytes):
+        pass
+
+    def launch(self, function, grid, block, shared_bytes, args, stream=None):
+        self.calls.append(("launch", function, grid, block, shared_bytes, args, stream))
+
+    def synchronize(self):
+        pass
+
+    def create_event(self):
+        return object()
+
+    def record_event(self, event, stream=None):
+        pass
+
+    def elapsed_s(self, start, end):
+        return 0.0
+
+    def destroy_event(self, event):
+        pass
+
+
+@pytest.fixture
+def no_compiler(monkeypatch, tmp_path):
+    """Instances 'build' into an empty file, named without a compiler."""
+    image = tmp_path / "image.co"
+    image.write_bytes(b"code")
+
+    def fake_build_all(specs, jobs=None):
+        return {f"{s.label}_{s.arch}-{len(s.label):08x}": BuildResult(s, f"{s.label}_{s.arch}-{len(s.label):08x}",
+                                                                       "fake", "built", 0.0, path=image)
+                for s in specs}
+    monkeypatch.setattr(build, "build_all", fake_build_all)
+    monkeypatch.setattr(build, "instance_name", lambda s: f"{s.label}_{s.arch}-{len(s.label):08x}")
+
+
+def _prepared(problem, sm_count=132):
+    backend = RecordingBackend(sm_count)
+    session = PointSession(backend, backend.device_info(), problem, problem.make_inputs(0))
+    backend.calls.clear()  # the inputs' uploads
+    return backend, session, FmhaProvider().prepare(problem, session)
+
+
+SPLIT = Problem(family="paged", batch=2, seqlen_q=1, seqlen_k=600, nhead_q=8, nhead_k=2, hdim_q=64, mask="b",
+                page_size=16, lse=True, num_splits=3)
+
+
+def test_split_prepare_allocates_poisoned_workspaces_once_and_launch_only_enqueues(no_compiler):
+    backend, _, prepared = _prepared(SPLIT)
+    sizes = split_workspace_bytes(SPLIT, 3)
+    allocs = [c for c in backend.calls if c[0] == "alloc"]
+    assert sorted(c[1] for c in allocs) == sorted(sizes.values())
+    assert {("memset", c[2], POISON_BYTE) for c in allocs} <= set(backend.calls)
+    backend.calls.clear()
+    prepared.launch()
+    prepared.launch()
+    assert [c[0] for c in backend.calls] == ["launch"] * 4  # no allocation, copy or memset in the timed work
+
+
+def test_split_launch_runs_the_forward_grid_then_the_combine_on_one_stream_with_one_argument(no_compiler):
+    backend, session, prepared = _prepared(SPLIT)
+    backend.calls.clear()
+    prepared.launch()
+    (_, fwd, fwd_grid, _, _, fwd_args, fwd_stream), (_, comb, comb_grid, _, _, comb_args, comb_stream) = backend.calls
+    assert (fwd, comb) == ("fmha_fwd", "fmha_combine") and fwd_stream == comb_stream
+    assert fwd_grid == launch_config(select_kernel(SPLIT, "sm_90a"), SPLIT, 3)[0]
+    assert comb_grid == combine_launch_config(select_combine(SPLIT, "sm_90a"), SPLIT)[0]
+    assert fwd_args is comb_args
+    args = unpack(ctypes.string_at(ctypes.c_void_p.from_address(fwd_args.address).value, ctypes.sizeof(FmhaParams)))
+    assert args["num_splits"] == 3
+    assert {args["o_acc"], args["lse_acc"]} == {buf.ptr for buf in session.workspaces.values()}
+    assert " split3 + combine_" in prepared.kernel and prepared.notes == ["num_splits 3 (given)"]
+
+
+def test_auto_split_count_comes_from_the_device_sm_count(no_compiler):
+    auto = Problem(**{**SPLIT.all_fields(), "num_splits": 0})
+    backend, _, prepared = _prepared(auto, sm_count=132)   # 2 blocks: splits as 600 keys allow (2)
+    assert " split2 + " in prepared.kernel and prepared.notes == ["num_splits 2 (auto)"]
+    backend, _, prepared = _prepared(auto, sm_count=2)     # the grid fills 2 SMs: no split, no combine
+    assert " split" not in prepared.kernel and prepared.notes == ["num_splits 1 (auto)"]
+    backend.calls.clear()
+    prepared.launch()
+    assert [c[1] for c in backend.calls] == ["fmha_fwd"]
+
+
+def test_workspace_is_reused_grown_on_demand_and_freed_on_close():
+    backend = RecordingBackend()
+    problem = Problem(hdim_q=64)
+    session = PointSession(backend, backend.device_info(), problem, problem.make_inputs(0))
+    first = session.workspace("partials", 100)
+    assert session.workspace("partials", 64) is first
+    grown = session.workspace("partials", 200)
+    assert grown.nbytes == 200 and ("free", first.ptr) in backend.calls
+    inputs = [buf.ptr for buf in session.buffers.values()]
+    session.close()
+    freed = {c[1] for c in backend.calls if c[0] == "free"}
+    assert grown.ptr in freed and set(inputs) <= freed and not session.workspaces
