@@ -95,3 +95,14 @@ def test_parity_of_agreeing_providers_exits_zero(tmp_path):
     from synthetic_runs import write_three_provider_run
     run = write_three_provider_run(tmp_path, providers=("fmha", "torch-sdpa:cudnn"))
     assert show_parity(run, None) == 0
+
+
+def test_torch_refusal_warnings_become_one_readable_reason():
+    from fmha_bench.providers.torch_sdpa import _refusal_reasons
+    said = _refusal_reasons([
+        "Memory efficient kernel not used because: (Triggered internally at /pytorch/aten/sdp_utils.cpp:123.)",
+        "Memory Efficient attention has been runtime disabled. (Triggered internally at /x.cpp:1.)",
+        "Flash attention kernel not used because: (Triggered internally at /x.cpp:2.)",
+        "Flash attention does not support head dims that differ (Triggered internally at /x.cpp:3.)",
+    ])
+    assert said == "Flash attention does not support head dims that differ"

@@ -15,6 +15,7 @@ skipped with the reason:
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 
 from .base import Prepared, Provider
@@ -93,7 +94,7 @@ class TorchSdpaProvider(Provider):
                 self._call(torch, q, k, v, problem, mask_args)
                 torch.cuda.synchronize()
             except RuntimeError as e:
-                said = " ".join(str(w.message).split(".")[0] for w in caught)
+                said = _refusal_reasons(str(w.message) for w in caught)
                 return f"{self.name} refuses it: {said or str(e).splitlines()[0]}"[:300]
         return None
 
@@ -127,6 +128,17 @@ class TorchSdpaProvider(Provider):
             notes.append(f"mask {problem.mask} passed as a dense [{sq},{sk}] boolean attn_mask")
         return Prepared(launch=launch, collect=collect, kernel=self.name, kernel_version=self.version(),
                         p_precision="input", produces_lse=False, notes=notes)
+
+
+def _refusal_reasons(messages) -> str:
+    """torch's warnings about why a backend was not used, without their headers ("X not used
+    because:", "... runtime disabled") and source locations."""
+    reasons = []
+    for message in messages:
+        text = re.sub(r"\s*\(Triggered internally at [^)]*\)\s*", " ", message).strip().rstrip(".")
+        if text and not text.endswith("because:") and "runtime disabled" not in text and text not in reasons:
+            reasons.append(text)
+    return "; ".join(reasons)
 
 
 def _uniform_lengths(problem) -> tuple[int, int]:
