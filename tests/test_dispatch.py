@@ -60,3 +60,10 @@ def test_instances_for_adds_the_split_instance_and_one_combine_per_arch():
     kinds = [(s.entry, dict(s.defines).get("FMHA_SPLIT_KV"), s.arch) for s in specs]
     assert kinds == [(entry, split, arch) for arch in ("gfx942", "sm_90a")
                      for entry, split in (("fmha_fwd", "1"), ("fmha_combine", None))]
+
+
+def test_decode_like_points_prefer_the_smallest_row_tile():
+    decode = Problem(batch=64, seqlen_q=1, seqlen_k=8192, nhead_q=32, nhead_k=4, hdim_q=128, mask="b")
+    prefill = Problem(batch=4, seqlen_q=2048, seqlen_k=8192, nhead_q=32, nhead_k=4, hdim_q=128, mask="b")
+    assert candidates(decode, "sm_90a")[0][0] == "mma-q64k64w4"
+    assert candidates(prefill, "sm_90a")[0][0] == "mma-q128k64w8"
