@@ -152,15 +152,6 @@ class Problem:
     def kv_head_masks(self) -> list[Mask]:
         return [self.mask_for_kv_head(h) for h in range(self.nhead_k)]
 
-    def num_splits_effective(self, sm_count: int = 132) -> int:
-        """Split count actually used: the explicit one, or for 0 enough splits to fill the GPU."""
-        if self.num_splits > 0:
-            return self.num_splits
-        work = self.batch * self.nhead_k * max(1, -(-max(self.seqlens_q()) * self.group_size // 64))
-        longest = max(self.seqlens_k() or [0])
-        return int(max(1, min(-(-sm_count // max(work, 1)) * 2, -(-longest // 256), 64)))
-
-    # ------------------------------------------------------------------ validation
     def validate(self) -> "Problem":
         def need(cond, name, msg):
             if not cond:
