@@ -86,6 +86,25 @@ def _providers(console):
     for provider in found:
         _row(table, provider.name, provider.kind, provider.describe())
     console.print(table)
+    device, where = _device_for_matrix()
+    from ..capabilities import capability_matrix
+    table = _table("provider", "axis", "value", f"supported on {where}")
+    for name, axis, value, reason in capability_matrix(found, device):
+        _row(table, name, axis, value, "yes" if reason is None else f"no: {reason}")
+    console.print(table)
+
+
+def _device_for_matrix():
+    """This machine's GPU, or, without one, an sm_90a description (what the kernels would do there)."""
+    from ..backends import BackendUnavailable, open_backend
+    from ..backends.base import DeviceInfo
+    try:
+        device = open_backend(0).device_info()
+        return device, f"{device.name} ({device.arch})"
+    except BackendUnavailable:
+        return (DeviceInfo(backend="cuda", index=0, name="(no GPU)", arch="sm_90a", arch_detail="sm_90", sm_count=132,
+                           l2_bytes=50 << 20, memory_bytes=80 << 30),
+                "sm_90a (no GPU here: kernels only; GPU-only providers say why)")
 
 
 def _sweeps(console):
