@@ -2,6 +2,8 @@
 and scratch workspaces that providers ask for while preparing (outside the timed region).
 
 Every provider of the point reads the same input buffers (identical values for all of them).
+A `replica()` holds device copies of the inputs and its own outputs and workspaces: graph timing
+rotates over replicas so that each launch reads inputs the previous launches left out of the L2.
 """
 from __future__ import annotations
 
@@ -29,16 +31,21 @@ def output_shapes(problem) -> dict:
 
 
 class PointSession:
-    def __init__(self, backend: Backend, device, problem, inputs):
+    def __init__(self, backend: Backend, device, problem, inputs, copy_of: "PointSession | None" = None):
+        """Uploads `inputs`, or with `copy_of` copies that session's device inputs on the device."""
         self.backend, self.device, self.problem, self.inputs = backend, device, problem, inputs
         self.buffers: dict[str, DeviceBuffer] = {}
         self.workspaces: dict[str, DeviceBuffer] = {}
         self.host_inputs: dict[str, np.ndarray] = {}
-        for name in INPUT_FIELDS:
-            self._upload(name, getattr(inputs, name))
-        if inputs.tables is not None:
-            for name in TABLE_FIELDS:
-                self._upload(name, getattr(inputs.tables, name))
+        if copy_of is not None:
+            self.host_inputs = copy_of.host_inputs
+            self.buffers = {name: backend.duplicate(buf) for name, buf in copy_of.input_buffers().items()}
+        else:
+            for name in INPUT_FIELDS:
+                self._upload(name, getattr(inputs, name))
+            if inputs.tables is not None:
+                for name in TABLE_FIELDS:
+                    self._upload(name, getattr(inputs.tables, name))
         shapes = output_shapes(problem)
         self.out_shapes = shapes
         out_dt = problem.out_dt
@@ -50,6 +57,19 @@ class PointSession:
             return
         self.host_inputs[name] = array
         self.buffers[name] = self.backend.upload(np.ascontiguousarray(array))
+
+    def replica(self) -> "PointSession":
+        """A session over device copies of this one's inputs, with its own outputs and
+        workspaces: a provider's prepare(problem, replica) launches over different memory.
+        close() it like any session."""
+        return PointSession(self.backend, self.device, self.problem, self.inputs, copy_of=self)
+
+    def input_buffers(self) -> dict[str, DeviceBuffer]:
+        return {name: buf for name, buf in self.buffers.items() if name in self.host_inputs}
+
+    def input_bytes(self) -> int:
+        """Bytes of device inputs (tensors and tables) a launch may read."""
+        return sum(buf.nbytes for buf in self.input_buffers().values())
 
     def ptrs(self) -> dict[str, int]:
         return {name: buf.ptr for name, buf in self.buffers.items()}

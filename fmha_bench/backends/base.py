@@ -40,6 +40,8 @@ class DeviceInfo:
     memory_bus_bits: int = 0
     driver_version: str = ""
     runtime_version: str = ""
+    pci_bus_id: str = ""       # domain:bus:device.function: names the GPU to NVML / amdsmi, whose
+                               # indices count every GPU (the backend's ordinal follows *_VISIBLE_DEVICES)
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -58,6 +60,10 @@ class Backend(ABC):
     # ------------------------------------------------------------------ device
     @abstractmethod
     def device_info(self) -> DeviceInfo: ...
+
+    def device_count(self) -> int:
+        """GPUs this runtime sees (what `--devices all` means); a backend that cannot tell sees its own."""
+        return 1
 
     # ------------------------------------------------------------------ memory
     @abstractmethod
@@ -88,6 +94,10 @@ class Backend(ABC):
         if host.nbytes:
             self.copy_to_host(buf, host)
         return host
+
+    def duplicate(self, buf: DeviceBuffer) -> DeviceBuffer:
+        """A new buffer holding a copy of `buf` (through the host here; GPU backends copy on the device)."""
+        return self.upload(self.download(buf, (buf.nbytes,), np.uint8))
 
     # ------------------------------------------------------------------ code
     @abstractmethod
@@ -121,6 +131,31 @@ class Backend(ABC):
 
     @abstractmethod
     def destroy_event(self, event) -> None: ...
+
+    # ------------------------------------------------------------------ graphs
+    # Capture records what the launches enqueue on the backend's capture stream (launches,
+    # memsets and event records with stream=None go there between begin and end) into a graph
+    # that replays with one launch call: no per-kernel launch overhead, for timing tiny kernels.
+    graphs: bool = False
+
+    def begin_capture(self) -> None:
+        raise NotImplementedError(f"the {self.name} backend cannot capture graphs")
+
+    def end_capture(self):
+        """The captured graph; raises BackendError when the capture was invalidated."""
+        raise NotImplementedError(f"the {self.name} backend cannot capture graphs")
+
+    def graph_kernel_count(self, graph) -> int:
+        raise NotImplementedError(f"the {self.name} backend cannot capture graphs")
+
+    def instantiate_graph(self, graph):
+        raise NotImplementedError(f"the {self.name} backend cannot capture graphs")
+
+    def launch_graph(self, graph_exec, stream=None) -> None:
+        raise NotImplementedError(f"the {self.name} backend cannot capture graphs")
+
+    def destroy_graph(self, graph, graph_exec=None) -> None:
+        raise NotImplementedError(f"the {self.name} backend cannot capture graphs")
 
     def close(self) -> None:
         """Release the context (optional)."""

@@ -21,6 +21,7 @@ def _import_driver():
 
 class CudaBackend(Backend):
     name = "cuda"
+    graphs = True
 
     def __init__(self, device_index: int = 0):
         self.cu = _import_driver()
@@ -35,10 +36,14 @@ class CudaBackend(Backend):
             raise BackendUnavailable("the NVIDIA driver sees no GPU")
         if not 0 <= device_index < count:
             raise BackendUnavailable(f"--device {device_index}: only {count} NVIDIA GPU(s) (0..{count - 1})")
-        self.index = device_index
+        self.index, self.count = device_index, count
         self.device = self._check(self.cu.cuDeviceGet(device_index), "cuDeviceGet")
         self.context = self._check(self.cu.cuDevicePrimaryCtxRetain(self.device), "cuDevicePrimaryCtxRetain")
         self._check(self.cu.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
+        # stream=None means the legacy default stream, except while a graph is being captured:
+        # then it means the capture stream (capture is impossible on the legacy stream).
+        self._stream = 0
+        self._capture_stream = None
 
     # ------------------------------------------------------------------ helpers
     def _check(self, result, what: str):
@@ -53,11 +58,17 @@ class CudaBackend(Backend):
             return None
         return values[0] if len(values) == 1 else tuple(values)
 
+    def _on(self, stream):
+        return self._stream if stream is None else stream
+
     def _attr(self, name: str) -> int:
         attr = getattr(self.cu.CUdevice_attribute, name)
         return int(self._check(self.cu.cuDeviceGetAttribute(attr, self.device), name))
 
     # ------------------------------------------------------------------ device
+    def device_count(self) -> int:
+        return self.count
+
     def device_info(self) -> DeviceInfo:
         from ..archs import arch_from_device
         raw = self._check(self.cu.cuDeviceGetName(256, self.device), "cuDeviceGetName")
@@ -66,6 +77,7 @@ class CudaBackend(Backend):
         minor = self._attr("CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR")
         total = int(self._check(self.cu.cuDeviceTotalMem(self.device), "cuDeviceTotalMem"))
         driver = int(self._check(self.cu.cuDriverGetVersion(), "cuDriverGetVersion"))
+        bus_id = self._check(self.cu.cuDeviceGetPCIBusId(64, self.device), "cuDeviceGetPCIBusId")
         return DeviceInfo(
             backend="cuda", index=self.index, name=name,
             arch=arch_from_device("nvidia", major, minor), arch_detail=f"sm_{major}{minor}",
@@ -77,6 +89,7 @@ class CudaBackend(Backend):
             memory_bus_bits=self._attr("CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH"),
             driver_version=f"{driver // 1000}.{driver % 1000 // 10}",
             runtime_version=_bindings_version(),
+            pci_bus_id=bus_id.split(b"\0", 1)[0].decode(),
         )
 
     # ------------------------------------------------------------------ memory
@@ -96,7 +109,12 @@ class CudaBackend(Backend):
         self._check(self.cu.cuMemcpyDtoH(host.ctypes.data, buf.ptr, host.nbytes), "cuMemcpyDtoH")
 
     def memset(self, buf: DeviceBuffer, byte: int, stream=None) -> None:
-        self._check(self.cu.cuMemsetD8Async(buf.ptr, byte & 0xFF, buf.nbytes, stream or 0), "cuMemsetD8Async")
+        self._check(self.cu.cuMemsetD8Async(buf.ptr, byte & 0xFF, buf.nbytes, self._on(stream)), "cuMemsetD8Async")
+
+    def duplicate(self, buf: DeviceBuffer) -> DeviceBuffer:
+        copy = self.alloc(buf.nbytes)
+        self._check(self.cu.cuMemcpyDtoD(copy.ptr, buf.ptr, buf.nbytes), "cuMemcpyDtoD")
+        return copy
 
     # ------------------------------------------------------------------ code
     def load_module(self, image: bytes):
@@ -110,8 +128,8 @@ class CudaBackend(Backend):
         self._check(self.cu.cuFuncSetAttribute(function, attr, int(nbytes)), "cuFuncSetAttribute")
 
     def launch(self, function, grid, block, shared_bytes: int, args, stream=None) -> None:
-        self._check(self.cu.cuLaunchKernel(function, *grid, *block, int(shared_bytes), stream or 0, args.address, 0),
-                    "cuLaunchKernel")
+        self._check(self.cu.cuLaunchKernel(function, *grid, *block, int(shared_bytes), self._on(stream), args.address,
+                                           0), "cuLaunchKernel")
 
     # ------------------------------------------------------------------ sync and timing
     def synchronize(self) -> None:
@@ -121,7 +139,7 @@ class CudaBackend(Backend):
         return self._check(self.cu.cuEventCreate(self.cu.CUevent_flags.CU_EVENT_DEFAULT), "cuEventCreate")
 
     def record_event(self, event, stream=None) -> None:
-        self._check(self.cu.cuEventRecord(event, stream or 0), "cuEventRecord")
+        self._check(self.cu.cuEventRecord(event, self._on(stream)), "cuEventRecord")
 
     def elapsed_s(self, start, end) -> float:
         self._check(self.cu.cuEventSynchronize(end), "cuEventSynchronize")
@@ -130,7 +148,43 @@ class CudaBackend(Backend):
     def destroy_event(self, event) -> None:
         self._check(self.cu.cuEventDestroy(event), "cuEventDestroy")
 
+    # ------------------------------------------------------------------ graphs
+    def begin_capture(self) -> None:
+        if self._capture_stream is None:
+            # Non-blocking: no implicit ordering with the legacy stream, which would invalidate the capture.
+            self._capture_stream = self._check(self.cu.cuStreamCreate(self.cu.CUstream_flags.CU_STREAM_NON_BLOCKING),
+                                               "cuStreamCreate")
+        mode = self.cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+        self._check(self.cu.cuStreamBeginCapture(self._capture_stream, mode), "cuStreamBeginCapture")
+        self._stream = self._capture_stream
+
+    def end_capture(self):
+        self._stream = 0
+        return self._check(self.cu.cuStreamEndCapture(self._capture_stream), "cuStreamEndCapture")
+
+    def graph_kernel_count(self, graph) -> int:
+        _, count = self._check(self.cu.cuGraphGetNodes(graph, 0), "cuGraphGetNodes")
+        if not count:
+            return 0
+        nodes, count = self._check(self.cu.cuGraphGetNodes(graph, count), "cuGraphGetNodes")
+        kernel = self.cu.CUgraphNodeType.CU_GRAPH_NODE_TYPE_KERNEL
+        return sum(self._check(self.cu.cuGraphNodeGetType(node), "cuGraphNodeGetType") == kernel
+                   for node in nodes[:count])
+
+    def instantiate_graph(self, graph):
+        return self._check(self.cu.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
+
+    def launch_graph(self, graph_exec, stream=None) -> None:
+        self._check(self.cu.cuGraphLaunch(graph_exec, self._on(stream)), "cuGraphLaunch")
+
+    def destroy_graph(self, graph, graph_exec=None) -> None:
+        if graph_exec is not None:
+            self._check(self.cu.cuGraphExecDestroy(graph_exec), "cuGraphExecDestroy")
+        self._check(self.cu.cuGraphDestroy(graph), "cuGraphDestroy")
+
     def close(self) -> None:
+        if self._capture_stream is not None:
+            self._check(self.cu.cuStreamDestroy(self._capture_stream), "cuStreamDestroy")
         self._check(self.cu.cuDevicePrimaryCtxRelease(self.device), "cuDevicePrimaryCtxRelease")
 
 

@@ -5,6 +5,8 @@ CUDA backend one for one, and the tests check the error paths and version matchi
 """
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 
 from .base import Backend, BackendError, BackendUnavailable, DeviceBuffer, DeviceInfo
@@ -41,6 +43,7 @@ def versions_match(hip_python: str, runtime_version: int) -> bool:
 
 class HipBackend(Backend):
     name = "hip"
+    graphs = True
 
     def __init__(self, device_index: int = 0):
         self.hip = _import_hip()
@@ -55,8 +58,14 @@ class HipBackend(Backend):
             raise BackendUnavailable("the HIP runtime sees no GPU")
         if not 0 <= device_index < count:
             raise BackendUnavailable(f"--device {device_index}: only {count} AMD GPU(s) (0..{count - 1})")
-        self.index = device_index
+        self.index, self.count = device_index, count
         self._check(self.hip.hipSetDevice(device_index), "hipSetDevice")
+        # stream=None means the null stream, except while a graph is being captured (see cuda.py).
+        self._stream = None
+        self._capture_stream = None
+
+    def _on(self, stream):
+        return self._stream if stream is None else stream
 
     def _check(self, result, what: str):
         err, *values = result if isinstance(result, tuple) else (result,)
@@ -69,6 +78,9 @@ class HipBackend(Backend):
             return None
         return values[0] if len(values) == 1 else tuple(values)
 
+    def device_count(self) -> int:
+        return self.count
+
     def device_info(self) -> DeviceInfo:
         from ..archs import arch_from_device
         props = self.hip.hipDeviceProp_t()
@@ -79,6 +91,7 @@ class HipBackend(Backend):
         runtime = int(self._check(self.hip.hipRuntimeGetVersion(), "hipRuntimeGetVersion"))
         driver = int(self._check(self.hip.hipDriverGetVersion(), "hipDriverGetVersion"))
         hp = hip_python_version() or "?"
+        bus_id = self._check(self.hip.hipDeviceGetPCIBusId(64, self.index), "hipDeviceGetPCIBusId")
         return DeviceInfo(
             backend="hip", index=self.index, name=name.split("\0", 1)[0],
             arch=arch_from_device("amd", gcn_arch_name=gcn), arch_detail=gcn,
@@ -86,6 +99,7 @@ class HipBackend(Backend):
             memory_bytes=int(props.totalGlobalMem), clock_mhz=int(props.clockRate) // 1000,
             memory_clock_mhz=int(props.memoryClockRate) // 1000, memory_bus_bits=int(props.memoryBusWidth),
             driver_version=str(driver), runtime_version=f"HIP {runtime}, hip-python {hp}",
+            pci_bus_id=str(bus_id).split("\0", 1)[0],
             extra={"hip_python_matches_runtime": versions_match(hp, runtime)},
         )
 
@@ -106,7 +120,12 @@ class HipBackend(Backend):
         self._check(self.hip.hipMemcpy(host.ctypes.data, buf.ptr, host.nbytes, kind), "hipMemcpy D2H")
 
     def memset(self, buf: DeviceBuffer, byte: int, stream=None) -> None:
-        self._check(self.hip.hipMemsetD8Async(buf.ptr, byte & 0xFF, buf.nbytes, stream), "hipMemsetD8Async")
+        self._check(self.hip.hipMemsetD8Async(buf.ptr, byte & 0xFF, buf.nbytes, self._on(stream)), "hipMemsetD8Async")
+
+    def duplicate(self, buf: DeviceBuffer) -> DeviceBuffer:
+        copy = self.alloc(buf.nbytes)
+        self._check(self.hip.hipMemcpyDtoD(copy.ptr, buf.ptr, buf.nbytes), "hipMemcpyDtoD")
+        return copy
 
     def load_module(self, image: bytes):
         return self._check(self.hip.hipModuleLoadData(image), "hipModuleLoadData")
@@ -120,8 +139,8 @@ class HipBackend(Backend):
             raise BackendError(f"{nbytes} bytes of shared memory exceed the {AMD_LDS_BYTES}-byte LDS")
 
     def launch(self, function, grid, block, shared_bytes: int, args, stream=None) -> None:
-        self._check(self.hip.hipModuleLaunchKernel(function, *grid, *block, int(shared_bytes), stream, args.address, None),
-                    "hipModuleLaunchKernel")
+        self._check(self.hip.hipModuleLaunchKernel(function, *grid, *block, int(shared_bytes), self._on(stream),
+                                                   args.address, None), "hipModuleLaunchKernel")
 
     def synchronize(self) -> None:
         self._check(self.hip.hipDeviceSynchronize(), "kernel execution (hipDeviceSynchronize)")
@@ -130,7 +149,7 @@ class HipBackend(Backend):
         return self._check(self.hip.hipEventCreate(), "hipEventCreate")
 
     def record_event(self, event, stream=None) -> None:
-        self._check(self.hip.hipEventRecord(event, stream), "hipEventRecord")
+        self._check(self.hip.hipEventRecord(event, self._on(stream)), "hipEventRecord")
 
     def elapsed_s(self, start, end) -> float:
         self._check(self.hip.hipEventSynchronize(end), "hipEventSynchronize")
@@ -138,3 +157,50 @@ class HipBackend(Backend):
 
     def destroy_event(self, event) -> None:
         self._check(self.hip.hipEventDestroy(event), "hipEventDestroy")
+
+    # ------------------------------------------------------------------ graphs
+    def begin_capture(self) -> None:
+        if self._capture_stream is None:
+            self._capture_stream = self._check(self.hip.hipStreamCreateWithFlags(self.hip.hipStreamNonBlocking),
+                                               "hipStreamCreateWithFlags")
+        mode = self.hip.hipStreamCaptureMode.hipStreamCaptureModeThreadLocal
+        self._check(self.hip.hipStreamBeginCapture(self._capture_stream, mode), "hipStreamBeginCapture")
+        self._stream = self._capture_stream
+
+    def end_capture(self):
+        self._stream = None
+        return self._check(self.hip.hipStreamEndCapture(self._capture_stream), "hipStreamEndCapture")
+
+    def graph_kernel_count(self, graph) -> int:
+        # hip-python's hipGraphGetNodes passes an uninitialised count and room for one node, so
+        # the two-call protocol goes to the runtime hip-python itself loaded (same soname).
+        lib = ctypes.CDLL("libamdhip64.so")
+
+        def call(name, *args):
+            self._check(self.hip.hipError_t(getattr(lib, name)(*args)), name)
+
+        handle, count = ctypes.c_void_p(int(graph)), ctypes.c_size_t(0)
+        call("hipGraphGetNodes", handle, None, ctypes.byref(count))
+        nodes = (ctypes.c_void_p * count.value)()
+        call("hipGraphGetNodes", handle, nodes, ctypes.byref(count))
+        kernel, node_type = int(self.hip.hipGraphNodeType.hipGraphNodeTypeKernel), ctypes.c_int(0)
+        kernels = 0
+        for node in nodes[:count.value]:
+            call("hipGraphNodeGetType", ctypes.c_void_p(node), ctypes.byref(node_type))
+            kernels += node_type.value == kernel
+        return kernels
+
+    def instantiate_graph(self, graph):
+        return self._check(self.hip.hipGraphInstantiateWithFlags(graph, 0), "hipGraphInstantiateWithFlags")
+
+    def launch_graph(self, graph_exec, stream=None) -> None:
+        self._check(self.hip.hipGraphLaunch(graph_exec, self._on(stream)), "hipGraphLaunch")
+
+    def destroy_graph(self, graph, graph_exec=None) -> None:
+        if graph_exec is not None:
+            self._check(self.hip.hipGraphExecDestroy(graph_exec), "hipGraphExecDestroy")
+        self._check(self.hip.hipGraphDestroy(graph), "hipGraphDestroy")
+
+    def close(self) -> None:
+        if self._capture_stream is not None:
+            self._check(self.hip.hipStreamDestroy(self._capture_stream), "hipStreamDestroy")

@@ -29,6 +29,8 @@ class Prepared:
     kernel_version: str = ""              # hash of what determines the output
     p_precision: str = "input"            # what the implementation rounds P to (see validate.py)
     notes: list = field(default_factory=list)
+    graph_safe: bool = False              # launch() only enqueues kernels on the backend's stream (stream=None),
+                                          # nothing on the host: it may be captured into a graph (timing.py)
 
 
 @dataclass
