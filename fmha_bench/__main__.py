@@ -1,4 +1,5 @@
 """`python -m fmha_bench` = the `fmha-bench` command."""
 from .cli import main
 
-main()
+if __name__ == "__main__":  # not when a sweep worker process imports this module
+    main()

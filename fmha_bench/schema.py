@@ -32,6 +32,7 @@ class Result:
     samples: int = 0
     rel_noise: Optional[float] = None  # (q3 - q1) / median
     l2_flush: bool = True
+    timing_mode: str = "events"        # events (one launch per event pair) | graph (a captured graph of launches)
     # throughput
     flops: int = 0
     bytes: int = 0
@@ -56,7 +57,9 @@ class Result:
     reported_tflops: Optional[float] = None     # as the binary printed it (its own FLOP count)
     # context
     device: str = ""
+    device_index: Optional[int] = None # the GPU ordinal the point ran on (--devices)
     arch: str = ""
+    telemetry: dict = field(default_factory=dict)  # {"before": sample, "after": sample} (telemetry.py)
     seed: int = 0
     warnings: list = field(default_factory=list)
     notes: list = field(default_factory=list)   # how the provider ran the point (not problems)

@@ -6,6 +6,12 @@
                                     so a crash loses nothing that finished (hyperfine's rule)
     results/<run-id>/summary.csv    the same rows flattened (problem fields as `problem.<name>`,
                                     lists as JSON), SI units; rebuilt from results.jsonl
+    results/<run-id>/workers/       each sweep worker's stdout and stderr (what crashed rows quote)
+
+A point's rows are written together, after its last provider: a point is complete when every
+provider of the run has a row for it. `RunStore.reopen` (--resume) cuts a last line that a crash
+left unfinished and drops the rows of an incomplete point, so the resumed run ends with exactly
+the rows of an uninterrupted one.
 
 JSON lines may hold NaN and +-Infinity (e.g. an LSE of -inf, a NaN error): Python's json reads
 them back; strict JSON parsers do not.
@@ -87,6 +93,8 @@ class RunStore:
         self.meta = meta
         self.counts = {status: 0 for status in STATUSES}
         self._rows = open(path / ROWS_FILE, "a", encoding="utf-8")
+        self._written = 0
+        self.dropped = 0    # rows of incomplete points that reopen() removed
 
     @property
     def run_id(self) -> str:
@@ -123,29 +131,92 @@ class RunStore:
         store._write_meta()
         return store
 
+    @classmethod
+    def reopen(cls, path) -> "RunStore":
+        """An existing run, to go on with (--resume): the unfinished last line a crash may have
+        left is cut, the rows of points that lack a provider's row are dropped (they run again)."""
+        run = load_run(path)
+        rows_path = Path(path) / ROWS_FILE
+        providers = run.meta.get("providers")
+        keep = [row for row in run.rows if providers and row.get("point_id") in _complete_points(run.rows, providers)]
+        if len(keep) != len(run.rows) or run.warnings:
+            _write_atomic(rows_path, "".join(_json_line(row) for row in keep))
+        store = cls(Path(path), run.meta)
+        for row in keep:
+            store.counts[row.get("status")] = store.counts.get(row.get("status"), 0) + 1
+        store.dropped = len(run.rows) - len(keep)
+        return store
+
+    def complete_point_ids(self) -> set:
+        """Ids of the points that have a row for every provider of the run."""
+        providers = self.meta.get("providers")
+        rows, _ = _read_rows(self.path / ROWS_FILE)
+        return _complete_points(rows, providers) if providers else set()
+
+    def set_run_devices(self, device: dict, providers: list) -> None:
+        """What the workers report once ready: the GPU and the run's providers (after
+        --all-instances). A resumed run must get the same providers, or rows would not pair up."""
+        known = self.meta.get("providers")
+        if known is not None and list(known) != list(providers):
+            raise UserError(f"{self.path}: the run has providers {', '.join(known)} but this machine gives "
+                            f"{', '.join(providers)}; resume on the same kind of GPU", where="--resume")
+        self.meta.setdefault("devices", [])
+        if device not in self.meta["devices"]:
+            self.meta["devices"].append(device)
+        self.meta.update(device=self.meta.get("device") or device, providers=list(providers))
+        self._write_meta()
+
+    def record_resume(self, argv) -> None:
+        self.meta.setdefault("resumed", []).append({"utc": _iso(_utc_now()), "argv": list(argv),
+                                                    "rows_dropped": self.dropped})
+        self._write_meta()
+
     def append(self, result: Result) -> None:
         """Write one row and force it to disk before returning."""
-        self._rows.write(json.dumps(result.to_json(), separators=(",", ":")) + "\n")
+        self.append_rows([result])
+
+    def append_rows(self, results: list) -> None:
+        """Write a point's rows in one write and force them to disk before returning."""
+        self._rows.write("".join(_json_line(r.to_json()) for r in results))
         self._rows.flush()
         os.fsync(self._rows.fileno())
-        self.counts[result.status] = self.counts.get(result.status, 0) + 1
-        if sum(self.counts.values()) % SUMMARY_EVERY == 0:
+        for result in results:
+            self.counts[result.status] = self.counts.get(result.status, 0) + 1
+        before, self._written = self._written, self._written + len(results)
+        if before // SUMMARY_EVERY != self._written // SUMMARY_EVERY:
             self.write_summary()
+
+    def load(self) -> "Run":
+        return load_run(self.path)
 
     def write_summary(self) -> None:
         """Rebuild summary.csv from results.jsonl (the one source of truth)."""
         rows, _ = _read_rows(self.path / ROWS_FILE)
         _write_atomic(self.path / SUMMARY_FILE, rows_frame(rows).to_csv(index=False))
 
-    def finish(self) -> None:
-        """Close the rows file, rebuild summary.csv, record end time and counts per status."""
+    def finish(self, complete: bool = True) -> None:
+        """Close the rows file, rebuild summary.csv, record end time, counts per status and
+        whether every point has its rows (False: interrupted, resumable)."""
         self._rows.close()
         self.write_summary()
-        self.meta.update(finished_utc=_iso(_utc_now()), rows=sum(self.counts.values()), counts=dict(self.counts))
+        self.meta.update(finished_utc=_iso(_utc_now()), rows=sum(self.counts.values()), counts=dict(self.counts),
+                         complete=complete)
         self._write_meta()
 
     def _write_meta(self) -> None:
         _write_atomic(self.path / META_FILE, json.dumps(self.meta, indent=2) + "\n")
+
+
+def _json_line(row: dict) -> str:
+    return json.dumps(row, separators=(",", ":")) + "\n"
+
+
+def _complete_points(rows: list, providers: list) -> set:
+    seen: dict = {}
+    for row in rows:
+        seen.setdefault(row.get("point_id"), set()).add(row.get("provider"))
+    wanted = set(providers)
+    return {point for point, have in seen.items() if wanted <= have}
 
 
 @dataclass
@@ -168,18 +239,23 @@ def find_run(name, results_dir) -> Path:
     """A run given by its path, or by its run id under `results_dir`."""
     path = Path(name)
     under_results = Path(results_dir) / name
-    return under_results if not path.exists() and under_results.exists() else path
+    try:
+        return under_results if not path.exists() and under_results.exists() else path
+    except OSError as e:  # a name the file system cannot hold (too long, ...)
+        raise UserError(f"{name}: cannot read this run ({e.strerror})") from None
 
 
 def load_run(path) -> Run:
     path = Path(path)
     meta_path, rows_path = path / META_FILE, path / ROWS_FILE
-    if not (meta_path.is_file() and rows_path.is_file()):
-        raise UserError(f"{path}: not a run directory (a run holds {META_FILE} and {ROWS_FILE})")
     try:
+        if not (meta_path.is_file() and rows_path.is_file()):
+            raise UserError(f"{path}: not a run directory (a run holds {META_FILE} and {ROWS_FILE})")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{meta_path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read this run ({e.strerror or e})") from None
     if not isinstance(meta, dict):
         raise UserError(f"{meta_path}: expected a JSON object")
     _check_schema(meta.get("schema", SCHEMA_VERSION), str(meta_path))

@@ -52,6 +52,7 @@ import difflib
 import hashlib
 import itertools
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -63,8 +64,9 @@ from . import binary_spec, dtypes, yaml_lines
 from .binary_spec import BinarySpec
 from .errors import UserError
 from .masks import MaskError, parse_mask
-from .problem import FAMILIES, KV_LAYOUTS, MODES, PAGE_TABLES, PROBLEM_FIELDS, ROTARY_STYLES, Problem, ProblemError
-from .timing import MeasureSettings
+from .problem import (FAMILIES, KV_LAYOUTS, MODES, PAGE_TABLES, PROBLEM_FIELDS, ROTARY_STYLES, Problem, ProblemError,
+                      normalise_field)
+from .timing import GRAPH_MODES, MeasureSettings
 from .yaml_lines import LineDict, LineList
 
 TOP_LEVEL_KEYS = ("name", "description", "defaults", "axes", "zip", "cases", "exclude", "providers",
@@ -101,6 +103,10 @@ def _measure_problem(m: MeasureSettings) -> Optional[tuple[str, str]]:
         return "max_noise", f"must be > 0, got {m.max_noise}"
     if not 0 < m.time_budget_s < math.inf:
         return "time_budget_s", f"must be > 0, got {m.time_budget_s}"
+    if m.graphs not in GRAPH_MODES:
+        return "graphs", f"unknown mode {m.graphs!r}; one of {', '.join(GRAPH_MODES)}"
+    if m.rotate_bytes < 0:
+        return "rotate_bytes", f"must be >= 0 (0: twice the L2), got {m.rotate_bytes}"
     return None
 
 
@@ -127,6 +133,37 @@ class SweepOptions:
     filters: tuple[str, ...] = ()
     limit: Optional[int] = None
     argv: tuple[str, ...] = ()
+    devices: Optional[str] = None    # --devices: "0,1", "all"; None = --device alone
+    shard: Optional[str] = None      # --shard i/N
+    timeout: Optional[float] = None  # seconds a provider may run on one point before its worker is killed
+    command: str = "sweep"           # the command that runs (what a resume hint names)
+    worker_factories: tuple = ()     # (("backend_factory", "module:function"), ...): tests' CPU stand-ins
+
+    def device_list(self) -> list[int]:
+        """The GPU ordinals to run on; [] means every GPU of the machine (--devices all)."""
+        if self.devices is None:
+            return [self.device]
+        if self.devices.strip() == "all":
+            return []
+        return parse_devices(self.devices)
+
+    def to_json(self) -> dict:
+        """What a resumed run needs to select the same points with the same providers."""
+        return {"providers": self.providers, "validate": self.validate, "kernel": self.kernel,
+                "all_instances": self.all_instances, "ck_binary": self.ck_binary, "seed": self.seed,
+                "filters": list(self.filters), "limit": self.limit, "shard": self.shard,
+                "devices": self.devices, "device": self.device, "timeout": self.timeout, "command": self.command}
+
+
+def parse_devices(text: str) -> list[int]:
+    """`--devices 0,1,3` as a list of distinct ordinals (UserError naming the flag otherwise)."""
+    parts = [part.strip() for part in text.split(",")]
+    if not parts or not all(part.isascii() and part.isdigit() for part in parts):
+        raise UserError(f"{text!r}: give GPU indices like 0,1 or 'all'", where="--devices")
+    devices = [int(part) for part in parts]
+    if len(set(devices)) != len(devices):
+        raise UserError(f"{text!r}: a GPU is listed twice", where="--devices")
+    return devices
 
 
 # ----------------------------------------------------------------------------- points and sweeps
@@ -566,6 +603,7 @@ def check_field(name: str, value):
     choices = _CHOICES.get(name)
     if choices is not None and value not in choices:
         raise ValueError(f"{name}: unknown value {value!r}; one of {', '.join(choices)}{_did_you_mean(value, choices, '')}")
+    normalise_field(name, value)  # what the YAML types let through but Problem cannot hold (a float overflow)
     return value
 
 
@@ -637,7 +675,7 @@ def find_sweep(arg: Optional[str]):
     if arg is None:
         return packaged[PACKAGED_DEFAULT]
     path = Path(arg)
-    if path.exists() or path.parent != Path("."):
+    if os.path.exists(path) or path.parent != Path("."):  # os.path: False, not OSError, for a name too long
         return path
     name = arg[:-len(".yaml")] if arg.endswith(".yaml") else arg
     if name in packaged:

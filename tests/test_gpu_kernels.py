@@ -30,7 +30,7 @@ def gpu(request):
 
 
 def _check(gpu, problem):
-    from fmha_bench.runner import run_once
+    from fmha_bench.point_runner import run_once
     backend, device, provider = gpu
     reason = provider.supports(problem, device)
     if reason:

@@ -36,7 +36,7 @@ def _provider(name):
     Problem(mode="group", batch=3, seqlen_q=[64, 64, 64], seqlen_k=[80, 80, 80], nhead_q=4, hdim_q=64, mask="b"),
 ], ids=lambda p: p.name())
 def test_forced_backend_matches_reference_or_says_why_not(gpu, backend, problem):
-    from fmha_bench.runner import run_once
+    from fmha_bench.point_runner import run_once
     backend_rt, device = gpu
     provider = _provider(backend)
     reason = provider.supports(problem, device)

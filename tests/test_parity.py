@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from fmha_bench.parity import failing, judge
-from fmha_bench.runner import _cross_check
+from fmha_bench.point_runner import _cross_check
 from fmha_bench.schema import Result
 from fmha_bench.validate import Tolerance
 

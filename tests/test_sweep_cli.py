@@ -102,7 +102,7 @@ def test_mask_specs_print_verbatim_not_as_markup_or_emoji(tmp_path):
 def fake_runner(monkeypatch, tmp_path):
     calls = []
 
-    def run_sweep(sweep, points, options):
+    def run_sweep(sweep, points, options, store=None):
         calls.append((sweep, points, options))
         return types.SimpleNamespace(exit_code=1, run_path=tmp_path, rows=[])
 
@@ -119,7 +119,8 @@ def test_without_dry_run_the_runner_gets_the_selected_points_and_options_and_set
     assert sweep.name == "varlen"
     assert len(points) == 3 and all(p.resolved["mask"] == "b" for p in points)
     assert options == SweepOptions(providers="fmha,ck", device=1, validate="off", run_id="r1", results_dir=tmp_path,
-                                   kernel="fwd_x", seed=5, filters=("mask=causal",), limit=3, argv=options.argv)
+                                   kernel="fwd_x", seed=5, filters=("mask=causal",), limit=3, argv=options.argv,
+                                   command="sweep")
     assert options.argv
 
 

@@ -7,8 +7,7 @@ import sys
 import click
 
 from ..errors import EXIT_OK, EXIT_POINT_FAILED
-from ..sweep import find_sweep, load_sweep, select_points
-from .sweep_cmd import run_options, sweep_options
+from .sweep_cmd import plan_run, run_options, sweep_options
 
 EXAMPLES = """\b
 Examples:
@@ -24,7 +23,7 @@ Examples:
               help="Also write the parity table as CSV (it is always written into the run directory too).")
 @click.option("--markdown", "markdown_path", metavar="PATH", type=click.Path(dir_okay=False),
               help="Also write the parity table as Markdown.")
-def parity(sweep_file, baseline_provider, csv_path, markdown_path, filters, limit, **run_settings):
+def parity(sweep_file, baseline_provider, csv_path, markdown_path, resume, **run_settings):
     """Run every point of FILE through every provider that supports it and compare them.
 
     Tensor providers (fmha, torch-sdpa:*) read the same device buffers; each output is checked
@@ -39,12 +38,11 @@ def parity(sweep_file, baseline_provider, csv_path, markdown_path, filters, limi
     directory. Exit code 1 on any mismatch or status disagreement (the points are listed), 2 on
     bad input.
     """
-    loaded = load_sweep(find_sweep(sweep_file))
-    points = select_points(loaded.expansion().points, filters, limit)
+    loaded, points, options, store = plan_run(sweep_file, resume, sweep_options(command="parity", **run_settings))
     from ..runner import run_sweep  # the run path pulls in the GPU side
-    outcome = run_sweep(loaded, points, sweep_options(filters=filters, limit=limit, **run_settings),
-                        show_table=False)
-    sys.exit(show_parity(outcome.run_path, baseline_provider, csv_path, markdown_path))
+    outcome = run_sweep(loaded, points, options, show_table=False, store=store)
+    code = show_parity(outcome.run_path, baseline_provider, csv_path, markdown_path)
+    sys.exit(code if outcome.complete else EXIT_POINT_FAILED)
 
 
 def show_parity(run_path, baseline_provider, csv_path=None, markdown_path=None) -> int:

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from .. import config
-from ..sweep import VALIDATE_MODES, Expansion, Sweep, SweepOptions, find_sweep, load_sweep, select_points
+from ..errors import UserError
+from ..sweep import VALIDATE_MODES, Expansion, Sweep, SweepOptions, find_sweep, load_sweep
 
 EXAMPLES = """\b
 Examples:
@@ -17,6 +18,8 @@ Examples:
   fmha-bench sweep prefill --providers fmha   a packaged sweep by name (`fmha-bench list sweeps`)
   fmha-bench sweep my.yaml --filter mask=causal --filter hdim_q=128 --limit 5
   fmha-bench sweep decode --filter paged --validate off --run-id decode-baseline
+  fmha-bench sweep prefill --devices all      one worker per GPU
+  fmha-bench sweep --resume decode-baseline   go on after Ctrl-C, a kill or a crash
 """
 
 
@@ -44,6 +47,18 @@ def run_options(command):
                      help="Keep points where FIELD=VALUE (`mask=causal`, `hdim_q=128`) or whose name, id or source "
                           "contains TEXT. Repeatable: every filter must match."),
         click.option("--limit", type=click.IntRange(min=1), help="Keep the first N points (after --filter)."),
+        click.option("--devices", metavar="LIST|all",
+                     help="Run on these GPUs (0,1,...) or on every GPU of the machine, one worker process each; "
+                          "points go to the next free GPU, longest first."),
+        click.option("--shard", metavar="I/N",
+                     help="Run only shard I of N (0-based) of the selected points: a deterministic, cost-balanced "
+                          "split for job arrays; `fmha-bench report` merges the shards' runs."),
+        click.option("--timeout", type=click.FloatRange(min=1), metavar="SECONDS",
+                     help="A provider still running a point after this long is recorded as `timeout`, its worker "
+                          "killed and restarted (default 300)."),
+        click.option("--resume", metavar="RUN",
+                     help="Go on with an interrupted run (its directory or id): only the points without rows run, "
+                          "with the run's own sweep file and settings."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -51,30 +66,42 @@ def run_options(command):
 
 
 def sweep_options(providers, device, validate_mode, run_id, results_dir, kernel, all_instances, ck_binary, seed,
-                  filters, limit) -> SweepOptions:
-    return SweepOptions(providers=providers, device=device, validate=validate_mode, run_id=run_id,
-                        results_dir=results_dir or config.results_dir(), kernel=kernel, all_instances=all_instances,
-                        ck_binary=ck_binary, seed=seed, filters=tuple(filters), limit=limit, argv=tuple(sys.argv))
+                  filters, limit, devices, shard, timeout, command="sweep") -> SweepOptions:
+    options = SweepOptions(providers=providers, device=device, validate=validate_mode, run_id=run_id,
+                           results_dir=results_dir or config.results_dir(), kernel=kernel, all_instances=all_instances,
+                           ck_binary=ck_binary, seed=seed, filters=tuple(filters), limit=limit, argv=tuple(sys.argv),
+                           devices=devices, shard=shard, timeout=timeout, command=command)
+    if devices is not None and device != 0:
+        raise UserError("give either --device or --devices", where="--devices")
+    options.device_list()  # a bad --devices fails here, before anything runs
+    return options
+
+
+def plan_run(sweep_file, resume, options: SweepOptions, dry_run: bool = False):
+    """(sweep, points, options, store or None): a new run's points, or --resume's."""
+    from ..resume import resume_plan, run_points
+    if resume:
+        return resume_plan(resume, options, sweep_file, reopen=not dry_run)
+    loaded = load_sweep(find_sweep(sweep_file))
+    return loaded, run_points(loaded, options.filters, options.limit, options.shard), options, None
 
 
 @click.command("sweep", epilog=EXAMPLES)
 @run_options
 @click.option("--dry-run", is_flag=True, help="Show the expanded points and exit (no GPU needed).")
-def sweep(sweep_file, dry_run, filters, limit, **run_settings):
+def sweep(sweep_file, dry_run, resume, **run_settings):
     """Run the points of a sweep FILE through its providers and record the results.
 
     FILE is a sweep YAML file or the name of a packaged sweep (`fmha-bench list sweeps`);
     without it, the packaged quick sweep. The format is described in `fmha_bench/sweep.py` and
     the README. Points that are not valid problems are listed as skipped, with the reason.
     """
-    loaded = load_sweep(find_sweep(sweep_file))
-    expansion = loaded.expansion()
-    points = select_points(expansion.points, filters, limit)
+    loaded, points, options, store = plan_run(sweep_file, resume, sweep_options(**run_settings), dry_run)
     if dry_run:
-        _show_plan(loaded, expansion, points)
+        _show_plan(loaded, loaded.expansion(), points)
         return
     from ..runner import run_sweep  # here, not at the top: the run path pulls in the GPU side
-    outcome = run_sweep(loaded, points, sweep_options(filters=filters, limit=limit, **run_settings))
+    outcome = run_sweep(loaded, points, options, store=store)
     sys.exit(outcome.exit_code)
 
 

@@ -2,7 +2,8 @@
 
 `fmha` (our kernels), `torch-sdpa:{flash,cudnn,efficient,math}` (PyTorch SDPA with one backend
 forced), `ck` (Composable Kernel's example binary) and, from a sweep file's `binaries:` section,
-one `binary:NAME` per declared program.
+one `binary:NAME` per declared program. `selftest:{fault,hang,trap,abort}` (test-only, they
+misbehave on purpose) are found by name but never listed.
 """
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def all_providers(sweep=None, ck_binary: Optional[str] = None) -> list[Provider]
 
 def get_providers(names: list[str], sweep=None, ck_binary: Optional[str] = None) -> list[Provider]:
     """The providers named (`--providers` or the sweep's list), in that order."""
+    from .selftest import BEHAVIOURS, SelftestProvider
     known = {p.name: p for p in all_providers(sweep, ck_binary)}
+    known.update((f"selftest:{b}", SelftestProvider(b)) for b in BEHAVIOURS)
     out = []
     for name in names:
         if name not in known:
@@ -41,7 +44,8 @@ def get_providers(names: list[str], sweep=None, ck_binary: Optional[str] = None)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             if name.startswith("binary:"):
                 hint += "; binary:NAME providers are declared in the sweep file's binaries: section"
-            raise UserError(f"unknown provider {name!r}{hint} (known: {', '.join(known)})", where="--providers")
+            listed = [n for n in known if not n.startswith("selftest:")]
+            raise UserError(f"unknown provider {name!r}{hint} (known: {', '.join(listed)})", where="--providers")
         out.append(known[name])
     return out
 
