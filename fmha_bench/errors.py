@@ -10,4 +10,5 @@ class UserError(Exception):
 
     def __init__(self, message: str, where: str | None = None):
         self.where = where
-        super().__init__(f"{where}: {message}" if where else message)
+        text = f"{where}: {message}" if where else message
+        super().__init__(text.replace("\r", "\\r").replace("\n", "\\n"))  # one line, whatever the input held

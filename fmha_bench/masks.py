@@ -25,6 +25,9 @@ _XFORMERS = re.compile(r"^x([tb]):(-?\d+)$")
 _READABLE_WINDOW = re.compile(r"^window:(-?\d+),(-?\d+)(?:,(\d+))?$")
 
 
+MAX_WINDOW = (1 << 31) - 1  # window sizes and sink lengths are int32 kernel parameters
+
+
 class MaskError(ValueError):
     """A mask string outside the grammar."""
 
@@ -135,19 +138,32 @@ def parse_mask(text) -> Mask:
     m = _WINDOW.match(s)
     if m:
         align = TOP_LEFT if m.group(1) == "t" else BOTTOM_RIGHT
-        left, right = int(m.group(2)), int(m.group(3))
-        sink = int(m.group(4) or 0)
+        left, right, sink = (_clipped(g) for g in (m.group(2), m.group(3), m.group(4) or "0"))
         if left < 0 and right < 0 and sink == 0:
             return Mask()  # unlimited on both sides is no mask at all
-        return Mask(align, left, right, sink)
+        return Mask(align, max(left, -1), max(right, -1), sink)  # every negative is "unlimited": one spelling
     m = _XFORMERS.match(s)
     if m:
         align = TOP_LEFT if m.group(1) == "t" else BOTTOM_RIGHT
-        w = int(m.group(2))
+        w = _clipped(m.group(2))
         if w < 0:
             return Mask(align, -1, 0, 0)
         if w == 0:
-            raise MaskError(f"mask {text!r}: an xformers window needs w > 0 (or w < 0 for causal)")
+            raise MaskError(f"mask {_shown(text)}: an xformers window needs w > 0 (or w < 0 for causal)")
         left = w // 2
         return Mask(align, left, w - 1 - left, 0)
-    raise MaskError(f"mask {text!r} is not in the grammar: {GRAMMAR}")
+    raise MaskError(f"mask {_shown(text)} is not in the grammar: {GRAMMAR}")
+
+
+def _clipped(number: str) -> int:
+    """A number of a mask string, clipped to MAX_WINDOW: a wider window or sink covers every
+    supported sequence alike (and int() refuses thousands of digits, hence the length test)."""
+    if len(number.lstrip("-").lstrip("0")) > len(str(MAX_WINDOW)):
+        return -1 if number.startswith("-") else MAX_WINDOW  # any negative means unlimited
+    return min(int(number), MAX_WINDOW)
+
+
+def _shown(text) -> str:
+    """The mask as typed, cut short for a one-line message."""
+    shown = repr(text)
+    return shown if len(shown) <= 40 else shown[:37] + "..."

@@ -7,16 +7,18 @@ tuples, defaults derived), so two spellings of the same call have the same `key(
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 import numpy as np
 
 from . import dtypes
-from .masks import BOTTOM_RIGHT, Mask, MaskError, merge_ranges, parse_mask
+from .masks import BOTTOM_RIGHT, MAX_WINDOW, Mask, MaskError, merge_ranges, parse_mask
 
 FAMILIES = {
     "fwd": "dense forward (batch or group/varlen mode)",
@@ -49,10 +51,87 @@ class ProblemError(ValueError):
         self.field = field_name
 
 
-def _as_seqlens(value) -> SeqLens:
-    if isinstance(value, (list, tuple)):
-        return tuple(int(v) for v in value)
+INT_FIELDS = ("batch", "nhead_q", "nhead_k", "hdim_q", "hdim_v", "page_size", "num_splits", "rotary_dim",
+              "swa_window", "swa_sink")
+STR_FIELDS = ("family", "mode", "dtype", "page_table", "kv_layout", "rotary_style")
+
+
+def _show(value) -> str:
+    """A value for a one-line message: repr, cut short (a typo can be a huge number or a long list)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _int(name: str, value) -> int:
+    if not _is_int(value):
+        raise ProblemError(name, f"expected an integer, got {_show(value)}")
     return int(value)
+
+
+def _ints(name: str, value) -> Tuple[int, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ProblemError(name, f"expected a list of integers, got {_show(value)}")
+    for item in value:
+        if not _is_int(item):
+            raise ProblemError(name, f"expected a list of integers, got {_show(item)} in {_show(value)}")
+    return tuple(int(v) for v in value)
+
+
+def _seqlens(name: str, value) -> SeqLens:
+    if isinstance(value, (list, tuple)):
+        return _ints(name, value)
+    if not _is_int(value):
+        raise ProblemError(name, f"expected an integer or (mode: group) a list of integers, got {_show(value)}")
+    return int(value)
+
+
+def _number(name: str, value) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ProblemError(name, f"expected a number, got {_show(value)}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ProblemError(name, f"{_show(value)} is too large for a float") from None
+
+
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ProblemError(name, f"expected true or false, got {_show(value)}")
+    return bool(value)
+
+
+def _text(name: str, value) -> str:
+    if not isinstance(value, str):
+        raise ProblemError(name, f"expected a string, got {_show(value)}")
+    return value.lower()
+
+
+def _mask(name: str, value) -> str:
+    """A mask string (an integer 0 is the no-mask spelling YAML hands over) in canonical form."""
+    if not isinstance(value, str) and not _is_int(value):
+        raise ProblemError(name, f"expected a mask string, got {_show(value)}")
+    try:
+        return parse_mask(value).canonical()
+    except MaskError as e:
+        raise ProblemError(name, str(e)) from None
+
+
+_NORMALISERS = {**{name: _int for name in INT_FIELDS}, **{name: _text for name in STR_FIELDS},
+                "seqlen_q": _seqlens, "seqlen_k": _seqlens, "swa_heads": lambda name, v: tuple(sorted(_ints(name, v))),
+                "mask": _mask, "scale": _number, "soft_cap": _number, "sink": _flag, "lse": _flag}
+DERIVED_DEFAULTS = {"seqlen_k": "seqlen_q", "nhead_k": "nhead_q", "hdim_v": "hdim_q"}  # None: same as the other
+
+
+def normalise_field(name: str, value):
+    """One field's value type-checked and normalised as Problem stores it. Raises ProblemError
+    naming the field; ranges and combinations are Problem.validate()'s job."""
+    if value is None and (name in DERIVED_DEFAULTS or name == "scale"):
+        return None
+    return _NORMALISERS[name](name, value)
 
 
 @dataclass(frozen=True)
@@ -84,29 +163,11 @@ class Problem:
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        set_("seqlen_q", _as_seqlens(self.seqlen_q))
-        set_("seqlen_k", self.seqlen_q if self.seqlen_k is None else _as_seqlens(self.seqlen_k))
-        if self.nhead_k is None:
-            set_("nhead_k", self.nhead_q)
-        if self.hdim_v is None:
-            set_("hdim_v", self.hdim_q)
-        set_("swa_heads", tuple(sorted(int(h) for h in self.swa_heads)))
-        for name in ("batch", "nhead_q", "nhead_k", "hdim_q", "hdim_v", "page_size", "num_splits",
-                     "rotary_dim", "swa_window", "swa_sink"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ProblemError(name, f"expected an integer, got {value!r}")
-            set_(name, int(value))
-        set_("dtype", str(self.dtype).lower())
-        set_("soft_cap", float(self.soft_cap))
-        if self.scale is not None:
-            set_("scale", float(self.scale))
-        set_("page_table", str(self.page_table).lower())
-        set_("kv_layout", str(self.kv_layout).lower())
-        try:
-            set_("mask", parse_mask(self.mask).canonical())
-        except MaskError as e:
-            raise ProblemError("mask", str(e)) from None
+        for f in dataclasses.fields(self):
+            set_(f.name, normalise_field(f.name, getattr(self, f.name)))
+        for name, source in DERIVED_DEFAULTS.items():
+            if getattr(self, name) is None:
+                set_(name, getattr(self, source))
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -157,33 +218,33 @@ class Problem:
             if not cond:
                 raise ProblemError(name, msg)
 
-        need(self.family in FAMILIES, "family", f"unknown family {self.family!r}; one of {', '.join(FAMILIES)}")
-        need(self.mode in MODES, "mode", f"unknown mode {self.mode!r}; one of {', '.join(MODES)}")
-        need(1 <= self.batch <= MAX_BATCH, "batch", f"must be in 1..{MAX_BATCH}, got {self.batch}")
-        need(self.dtype in dtypes.DTYPES, "dtype", f"unknown dtype {self.dtype!r}; one of {', '.join(dtypes.DTYPES)}")
+        need(self.family in FAMILIES, "family", f"unknown family {_show(self.family)}; one of {', '.join(FAMILIES)}")
+        need(self.mode in MODES, "mode", f"unknown mode {_show(self.mode)}; one of {', '.join(MODES)}")
+        need(1 <= self.batch <= MAX_BATCH, "batch", f"must be in 1..{MAX_BATCH}, got {_show(self.batch)}")
+        need(self.dtype in dtypes.DTYPES, "dtype", f"unknown dtype {_show(self.dtype)}; one of {', '.join(dtypes.DTYPES)}")
         for name in ("seqlen_q", "seqlen_k"):
             value = getattr(self, name)
             need(max(value if isinstance(value, tuple) else (value,), default=0) <= MAX_SEQLEN, name,
                  f"lengths above {MAX_SEQLEN} are not supported")
             if isinstance(value, tuple):
                 need(self.mode == "group", name, "per-sequence lists need mode: group")
-                need(len(value) == self.batch, name, f"has {len(value)} entries for batch {self.batch}")
+                need(len(value) == self.batch, name, f"has {len(value)} entries for batch {_show(self.batch)}")
                 need(all(v >= 0 for v in value), name, "lengths must be >= 0")
             elif self.mode == "group":
-                need(value >= 0, name, f"must be >= 0, got {value}")
+                need(value >= 0, name, f"must be >= 0, got {_show(value)}")
             else:
-                need(value >= 1, name, f"must be >= 1 in batch mode, got {value} (use mode: group for empty sequences)")
-        need(1 <= self.nhead_q <= MAX_HEADS, "nhead_q", f"must be in 1..{MAX_HEADS}, got {self.nhead_q}")
+                need(value >= 1, name, f"must be >= 1 in batch mode, got {_show(value)} (use mode: group for empty sequences)")
+        need(1 <= self.nhead_q <= MAX_HEADS, "nhead_q", f"must be in 1..{MAX_HEADS}, got {_show(self.nhead_q)}")
         need(self.nhead_k >= 1 and self.nhead_q % self.nhead_k == 0, "nhead_k",
-             f"nhead_q ({self.nhead_q}) must be a multiple of nhead_k ({self.nhead_k})")
-        need(1 <= self.hdim_q <= 1024, "hdim_q", f"must be in 1..1024, got {self.hdim_q}")
-        need(1 <= self.hdim_v <= 1024, "hdim_v", f"must be in 1..1024, got {self.hdim_v}")
-        need(self.scale is None or self.scale > 0, "scale", f"must be > 0, got {self.scale}")
-        need(self.soft_cap >= 0 and math.isfinite(self.soft_cap), "soft_cap", f"must be >= 0, got {self.soft_cap}")
-        need(self.num_splits >= 0, "num_splits", f"must be >= 0 (0 = auto), got {self.num_splits}")
+             f"nhead_q ({_show(self.nhead_q)}) must be a multiple of nhead_k ({_show(self.nhead_k)})")
+        need(1 <= self.hdim_q <= 1024, "hdim_q", f"must be in 1..1024, got {_show(self.hdim_q)}")
+        need(1 <= self.hdim_v <= 1024, "hdim_v", f"must be in 1..1024, got {_show(self.hdim_v)}")
+        need(self.scale is None or 0 < self.scale < math.inf, "scale", f"must be > 0 and finite, got {_show(self.scale)}")
+        need(self.soft_cap >= 0 and math.isfinite(self.soft_cap), "soft_cap", f"must be >= 0, got {_show(self.soft_cap)}")
+        need(self.num_splits >= 0, "num_splits", f"must be >= 0 (0 = auto), got {_show(self.num_splits)}")
         need(self.kv_layout in KV_LAYOUTS, "kv_layout", f"one of {', '.join(KV_LAYOUTS)}")
-        need(self.page_table in PAGE_TABLES, "page_table", f"unknown page table {self.page_table!r}; one of {', '.join(PAGE_TABLES)}")
-        need(self.page_size >= 0, "page_size", f"must be >= 0, got {self.page_size}")
+        need(self.page_table in PAGE_TABLES, "page_table", f"unknown page table {_show(self.page_table)}; one of {', '.join(PAGE_TABLES)}")
+        need(0 <= self.page_size <= MAX_SEQLEN, "page_size", f"must be in 0..{MAX_SEQLEN}, got {_show(self.page_size)}")
         need(self.rotary_style in ROTARY_STYLES, "rotary_style", f"one of {', '.join(ROTARY_STYLES)}")
 
         if self.family in PAGED_FAMILIES:
@@ -197,12 +258,13 @@ class Problem:
         if self.page_table == "headwise" and self.is_paged:
             need(all(0 <= h < self.nhead_k for h in self.swa_heads), "swa_heads", f"KV head ids must be in 0..{self.nhead_k - 1}")
             need(not self.swa_heads or self.swa_window >= 1, "swa_window", "SWA heads need swa_window >= 1")
-            need(self.swa_sink >= 0, "swa_sink", "must be >= 0")
+            need(self.swa_window <= MAX_WINDOW, "swa_window", f"must be <= {MAX_WINDOW}, got {_show(self.swa_window)}")
+            need(0 <= self.swa_sink <= MAX_WINDOW, "swa_sink", f"must be in 0..{MAX_WINDOW}, got {_show(self.swa_sink)}")
         else:
             need(not self.swa_heads, "swa_heads", "per-head sliding windows need page_table: headwise")
         if self.family == "appendkv":
             need(self.rotary_dim % 2 == 0 and 0 <= self.rotary_dim <= self.hdim_q, "rotary_dim",
-                 f"must be even and <= hdim_q ({self.hdim_q}), got {self.rotary_dim}")
+                 f"must be even and <= hdim_q ({self.hdim_q}), got {_show(self.rotary_dim)}")
             need(all(sk >= sq for sq, sk in zip(self.seqlens_q(), self.seqlens_k())), "seqlen_k",
                  "appendkv: seqlen_k (cache after the append) must be >= seqlen_q (new tokens)")
         else:
@@ -218,33 +280,40 @@ class Problem:
         return self
 
     # ------------------------------------------------------------------ cost model
+    def _per_sequence_and_kv_head(self, count) -> np.ndarray:
+        """count(mask, seqlen_q, seqlen_k) per [batch, kv_head], each distinct (lengths, mask) counted
+        once: batch mode repeats one pair of lengths, and the KV heads share one or two masks."""
+        lens, masks = list(zip(self.seqlens_q(), self.seqlens_k())), self.kv_head_masks()
+        len_ids, mask_ids = _ids(lens), _ids(masks)
+        table = np.array([[count(m, sq, sk) for m in mask_ids] for sq, sk in len_ids],
+                         dtype=np.int64).reshape(len(len_ids), len(mask_ids))
+        return table[np.ix_([len_ids[pair] for pair in lens], [mask_ids[m] for m in masks])]
+
+    def _total(self, count) -> int:
+        """The sum of _per_sequence_and_kv_head(count) as an exact Python int, without the
+        [batch, kv_head] array (64k sequences x 1k heads of long sequences overflow int64)."""
+        lens, masks = Counter(zip(self.seqlens_q(), self.seqlens_k())), Counter(self.kv_head_masks())
+        return sum(count(m, sq, sk) * n_lens * n_masks
+                   for (sq, sk), n_lens in lens.items() for m, n_masks in masks.items())
+
     def areas(self) -> np.ndarray:
         """Exact unmasked (row, key) pairs per [batch, kv_head] (each query head of the group counts it)."""
-        masks = self.kv_head_masks()
-        out = np.zeros((self.batch, self.nhead_k), dtype=np.int64)
-        for b, (sq, sk) in enumerate(zip(self.seqlens_q(), self.seqlens_k())):
-            for h, mask in enumerate(masks):
-                out[b, h] = mask.area(sq, sk)
-        return out
+        return self._per_sequence_and_kv_head(Mask.area)
 
     def flops(self) -> int:
         """2 * A * (Dq + Dv) summed over sequences and query heads (SPEC section 3)."""
-        return int(self.areas().sum()) * self.group_size * 2 * (self.hdim_q + self.hdim_v)
+        return self._total(Mask.area) * self.group_size * 2 * (self.hdim_q + self.hdim_v)
 
     def keys_read(self) -> np.ndarray:
         """Keys each [batch, kv_head] must read at least once: the union of visible columns,
         rounded up to whole pages when the cache is paged."""
-        out = np.zeros((self.batch, self.nhead_k), dtype=np.int64)
-        for b, (sq, sk) in enumerate(zip(self.seqlens_q(), self.seqlens_k())):
-            for h, mask in enumerate(self.kv_head_masks()):
-                out[b, h] = _keys_touched(mask, sq, sk, self.page_size)
-        return out
+        return self._per_sequence_and_kv_head(functools.partial(_keys_touched, page_size=self.page_size))
 
     def bytes(self) -> int:
         """Minimal device-memory traffic: Q + K + V actually read + O (+ LSE) (+ appended K/V)."""
         in_b, out_b = self.dt.itemsize, self.out_dt.itemsize
         total_q = sum(self.seqlens_q())
-        keys = int(self.keys_read().sum())
+        keys = self._total(functools.partial(_keys_touched, page_size=self.page_size))
         q = total_q * self.nhead_q * self.hdim_q * in_b
         if self.family == "mla":  # V is the first hdim_v columns of the same latent row
             kv = keys * self.hdim_q * in_b
@@ -312,14 +381,24 @@ class Problem:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Problem":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        """A Problem from a mapping of field names (a sweep, a result row, JSON): unknown names,
+        wrong types and malformed values raise ProblemError naming the field."""
+        if not isinstance(data, dict):
+            raise ProblemError("problem", f"expected a mapping of problem fields, got {_show(data)}")
+        unknown = sorted((name for name in data if name not in PROBLEM_FIELDS), key=str)
         if unknown:
-            raise ProblemError(unknown[0], f"unknown problem field; known fields: {', '.join(sorted(names))}")
+            name = unknown[0]
+            label = name if isinstance(name, str) and name.isidentifier() else _show(name)
+            raise ProblemError(label, f"unknown problem field; known fields: {', '.join(sorted(PROBLEM_FIELDS))}")
         return cls(**data)
 
 
 PROBLEM_FIELDS = tuple(f.name for f in dataclasses.fields(Problem))
+
+
+def _ids(values: list) -> dict:
+    """Each distinct value -> its index, in order of first appearance."""
+    return {value: index for index, value in enumerate(dict.fromkeys(values))}
 
 
 def _keys_touched(mask: Mask, seqlen_q: int, seqlen_k: int, page_size: int) -> int:

@@ -267,6 +267,12 @@ class Nvrtc(Compiler):
 
 
 # ----------------------------------------------------------------------------- discovery
+SYSTEM_ROCM = "/opt/rocm"
+INSTALL_NVIDIA = "install the CUDA toolkit (nvcc) and set CUDA_HOME, or pip install 'fmha-bench[cuda]' (NVRTC)"
+INSTALL_AMD = ("install ROCm and set FMHA_BENCH_ROCM_PATH, or install a recent clang and run "
+               ".ci/setup-toolchains.sh (unpacked HIP headers and device libraries)")
+
+
 def _find_nvcc() -> Path | None:
     found = shutil.which("nvcc")
     if found:
@@ -286,44 +292,60 @@ def _find_upstream_clang() -> tuple[Path, str] | None:
 
 
 def _rocm_roots() -> list[Path]:
-    roots = [config.rocm_path(), str(CHECKOUT_TOOLCHAIN), "/opt/rocm"]
+    roots = [config.rocm_path(), str(CHECKOUT_TOOLCHAIN), SYSTEM_ROCM]
     return [Path(r) for r in dict.fromkeys(r for r in roots if r) if Path(r).is_dir()]
 
 
-def _amd_compiler_at(root: Path) -> Compiler | None:
+def _amd_compiler_at(root: Path) -> Compiler | str:
     """A ROCm install's clang under `root`, or an upstream clang if `root` holds unpacked HIP
-    headers and device libraries."""
+    headers and device libraries; else why neither."""
     for relative, name in (("llvm/bin/amdclang++", "amdclang++"), ("llvm/bin/clang++", "clang++"),
                            ("bin/hipcc", "hipcc")):
         if (root / relative).is_file():
             return HipClang(root / relative, name, root)
     device_libs = next((root / d for d in _DEVICE_LIB_DIRS if (root / d).is_dir()), None)
+    if not (root / "include/hip/hip_runtime.h").is_file() or device_libs is None:
+        return f"{root} holds no ROCm clang and no unpacked HIP headers + device libraries"
     clang = _find_upstream_clang()
-    if (root / "include/hip/hip_runtime.h").is_file() and device_libs and clang:
-        return HipClang(*clang, root, device_libs, upstream=True)
-    return None
+    if clang is None:
+        return f"{root} holds HIP headers but no clang++ is on PATH (install clang >= {_OLDEST_USABLE_CLANG})"
+    return HipClang(*clang, root, device_libs, upstream=True)
 
 
 def candidates(vendor: str) -> list[Compiler]:
     """Every compiler found for `vendor`, most preferred first."""
     if vendor == "amd":
-        return [c for c in map(_amd_compiler_at, _rocm_roots()) if c is not None]
+        return [c for c in map(_amd_compiler_at, _rocm_roots()) if not isinstance(c, str)]
     nvcc = _find_nvcc()
     return ([Nvcc(nvcc)] if nvcc else []) + [Nvrtc()]
 
 
+def _not_found(vendor: str) -> list[str]:
+    """Why the compilers of `vendor` that were looked for are not there."""
+    if vendor == "nvidia":
+        home = config.cuda_home()
+        where = f"nor at {home}/bin/nvcc (CUDA_HOME)" if home else "and CUDA_HOME is not set"
+        return [] if _find_nvcc() else [f"nvcc: not on PATH {where}"]
+    roots = _rocm_roots()
+    reasons = [c for c in map(_amd_compiler_at, roots) if isinstance(c, str)]
+    explicit = config.rocm_path()
+    if explicit and not Path(explicit).is_dir():
+        reasons.insert(0, f"FMHA_BENCH_ROCM_PATH / ROCM_PATH {explicit}: no such directory")
+    if not roots:
+        reasons.append(f"no ROCm install ({SYSTEM_ROCM}) and no unpacked HIP toolchain (.toolchain/) found")
+    return reasons
+
+
 def compiler_for(arch: Arch) -> Compiler | str:
-    """The preferred compiler able to build for `arch`, or why there is none."""
+    """The preferred compiler able to build for `arch`, or why there is none and what to install."""
     reasons = []
     for compiler in candidates(arch.vendor):
         reason = compiler.available() or compiler.supports(arch)
         if reason is None:
             return compiler
         reasons.append(f"{compiler.name}: {reason}")
-    if not reasons:
-        reasons.append("no ROCm install or unpacked HIP toolchain found (set "
-                       "FMHA_BENCH_ROCM_PATH, or run .ci/setup-toolchains.sh)")
-    return f"no compiler for {arch.name}: " + "; ".join(reasons)
+    install = INSTALL_NVIDIA if arch.vendor == "nvidia" else INSTALL_AMD
+    return f"no compiler for {arch.name}: " + "; ".join(_not_found(arch.vendor) + reasons) + f". To fix: {install}"
 
 
 def compiler_versions() -> dict[str, str]:
@@ -333,10 +355,11 @@ def compiler_versions() -> dict[str, str]:
 
 
 def compiler_report() -> list[tuple[str, bool, str]]:
-    """(name, usable, detail) per compiler found, and per vendor left without one: for
-    `fmha-bench doctor`."""
+    """(name, usable, detail) per compiler found, per one looked for and missing, and what to
+    install for a vendor left without a usable one: for `fmha-bench doctor`."""
     rows = []
     for vendor in ("nvidia", "amd"):
+        rows += [(vendor, False, reason) for reason in _not_found(vendor)]
         found = candidates(vendor)
         for compiler in found:
             reason = compiler.available()
@@ -348,7 +371,6 @@ def compiler_report() -> list[tuple[str, bool, str]]:
             detail = f"{compiler.version()} at {compiler.location()}"
             rows.append((compiler.name, True, detail + (f"; cannot build {', '.join(cannot)}"
                                                         if cannot else "")))
-        if not found:
-            rows.append((f"{vendor} compiler", False, compiler_for(
-                next(a for a in ARCHS.values() if a.vendor == vendor))))
+        if all(compiler.available() for compiler in found):
+            rows.append((vendor, False, f"none usable; {INSTALL_NVIDIA if vendor == 'nvidia' else INSTALL_AMD}"))
     return rows

@@ -47,10 +47,13 @@ def print_results(console, results: list, checks: dict | None, seconds: float) -
             row.append("-" if not r.ok else "[green]ok[/]" if problem is None else f"[red]{problem}[/]")
         table.add_row(*row)
     console.print(table)
+    failures: dict[str, list[str]] = {}  # error -> instances: an arch without a compiler fails all alike
     for r in results:
         if not r.ok:
-            console.print(f"\n[red]failed[/] {r.name}:", highlight=False)
-            console.print(r.error, markup=False, highlight=False)
+            failures.setdefault(r.error, []).append(r.name)
+    for error, names in failures.items():
+        console.print(f"\n[red]failed[/] {', '.join(names)}:", highlight=False)
+        console.print(error, markup=False, highlight=False)
     counts = Counter(r.status for r in results)
     summary = (f"{len(results)} instances: {counts['built']} built, {counts['cached']} cached, "
                f"{counts['failed']} failed")

@@ -69,7 +69,8 @@ def _package_rows():
 
 
 @click.command("doctor")
-@click.option("--device", "device_index", default=0, show_default=True, help="GPU index to inspect.")
+@click.option("--device", "device_index", type=click.IntRange(min=0), default=0, show_default=True,
+              help="GPU index to inspect.")
 def doctor(device_index):
     """Show GPUs, compilers, bindings and peers found, with versions or why they are missing.
 

@@ -2,6 +2,7 @@
 providers side by side (--pivot) and figures (--plots)."""
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -58,9 +59,8 @@ def report(runs, baseline, fail_on_regression, csv_path, markdown_path, columns,
     --fail-on-regression and a SLOWER point; 2 for bad usage.
     """
     # here, not at the top: pandas would slow every --help
-    from .. import config, plots, report as tables
+    from .. import plots, report as tables
     from ..pivot import build_pivot_report, choose_baseline, merge_runs
-    from ..store import find_run, load_run
 
     if plots_dir:
         plots.require_matplotlib()
@@ -70,8 +70,8 @@ def report(runs, baseline, fail_on_regression, csv_path, markdown_path, columns,
         raise UserError("compares providers within the runs; --baseline compares runs: use one", where="--pivot")
     if baseline_provider and not (pivot or plots_dir):
         raise UserError("only applies with --pivot or --plots", where="--baseline-provider")
-    loaded = [load_run(find_run(name, config.results_dir())) for name in runs]
-    base = load_run(find_run(baseline, config.results_dir())) if baseline else None
+    loaded = [_load_run(name) for name in runs]
+    base = _load_run(baseline) if baseline else None
     console = tables.make_console()
     merged = merge_runs(loaded) if pivot or plots_dir else None
     if merged is not None:
@@ -94,6 +94,22 @@ def report(runs, baseline, fail_on_regression, csv_path, markdown_path, columns,
     if fail_on_regression and result.slower:
         click.secho(f"{result.slower} point(s) slower than baseline {base.run_id}", fg="red", err=True)
         sys.exit(EXIT_POINT_FAILED)
+
+
+def _load_run(name: str):
+    """The run `name` (a path, or a run id under the results directory). A missing or unreadable
+    one (no permission, a name too long for the file system) is bad input, not a bug."""
+    from .. import config
+    from ..store import find_run, load_run
+    results_dir = config.results_dir()
+    try:
+        path = find_run(name, results_dir)
+        if not os.path.exists(path):
+            raise UserError(f"{name}: no such run (not a directory, nor a run id under {results_dir}; "
+                            "FMHA_BENCH_RESULTS sets that directory)")
+        return load_run(path)
+    except OSError as e:
+        raise UserError(f"{name}: cannot read this run ({e.strerror or e})") from None
 
 
 COMMANDS = [report]
