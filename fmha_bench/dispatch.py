@@ -3,8 +3,10 @@ chose from (for `--all-instances`).
 
 Candidates, in preference order: the tensor-core kernel's tiles (kernels_mma; NVIDIA sm_80+,
 fp16/bf16, one split) with the arch's default tile first, then the portable kernel (kernels),
-which runs everything the project supports. Each candidate carries a short tag
-(`mma-q128k64w8`, `portable-q32k32t128`) that names provider `fmha:<tag>` under --all-instances.
+which runs everything the project supports. Family mla has its own tensor-core kernel
+(kernels_mla; NVIDIA sm_80+, fp16/bf16/fp8, split-KV too) first, then the portable kernel where
+that runs it. Each candidate carries a short tag (`mma-q128k64w8`, `mla-q64k32s3`,
+`portable-q32k32t128`) that names provider `fmha:<tag>` under --all-instances.
 The default order comes from measurements recorded in NOTES.md (issue #5) and the tile table in
 kernel_src/arch_specs.json.
 """
@@ -12,9 +14,9 @@ from __future__ import annotations
 
 from typing import Union
 
-from . import kernels, kernels_mma
+from . import kernels, kernels_mla, kernels_mma
 from .build.instance import KernelSpec
-from .problem import Problem
+from .problem import Problem, ProblemError
 
 
 def portable_tag(spec: KernelSpec) -> str:
@@ -25,6 +27,8 @@ def portable_tag(spec: KernelSpec) -> str:
 def candidates(problem: Problem, arch: str) -> Union[list, str]:
     """[(tag, KernelSpec)] best first, or the reason no instance runs the problem."""
     portable = kernels.select_kernel(problem, arch)
+    if problem.family == "mla":
+        return _mla_candidates(problem, arch, portable)
     if isinstance(portable, str):
         return portable
     found = []
@@ -33,6 +37,19 @@ def candidates(problem: Problem, arch: str) -> Union[list, str]:
         if not isinstance(mma, str):
             found += _decode_first(problem, mma)
     return found + [(portable_tag(portable), portable)]
+
+
+def _mla_candidates(problem: Problem, arch: str, portable) -> Union[list, str]:
+    """The MLA kernel's tiles, then the portable kernel when it runs the problem."""
+    try:
+        problem.validate()
+    except ProblemError as e:
+        return f"invalid problem: {e}"
+    mla = kernels_mla.mla_candidates(problem, arch)
+    found = [] if isinstance(mla, str) else mla
+    if not isinstance(portable, str):
+        found = found + [(portable_tag(portable), portable)]
+    return found or f"MLA kernel: {mla}; portable kernel: {portable}"
 
 
 # Rows per (sequence, KV head) at or under which a point is decode-like: the smallest row tile
@@ -58,13 +75,22 @@ def instances_for(problems, arch_names) -> list[KernelSpec]:
             if isinstance(specs, str):
                 continue
             found.update((spec, True) for _, spec in specs)
-            combine = kernels.select_combine(problem, arch)
-            if combine is not None:
-                found[combine] = True
+            for companion in (kernels.select_combine(problem, arch), kernels.select_append(problem, arch)):
+                if companion is not None:
+                    found[companion] = True
     return list(found)
 
 
 def launch_config(spec: KernelSpec, problem: Problem, num_splits: int = 1) -> tuple[tuple, tuple, int]:
     if spec.source == kernels_mma.MMA_SOURCE:
         return kernels_mma.mma_launch_config(spec, problem)
+    if spec.source == kernels_mla.MLA_SOURCE:
+        return kernels_mla.mla_launch_config(spec, problem, num_splits)
     return kernels.launch_config(spec, problem, num_splits)
+
+
+def p_precision(spec: KernelSpec) -> str:
+    """What the forward instance rounds P to before P.V (validate.tolerance_for): the tensor-core
+    kernels the input type (bf16 for fp8 inputs: "input" allows fp8's coarser rounding), the
+    portable kernel nothing (fp32). Split or not."""
+    return "input" if spec.source in (kernels_mma.MMA_SOURCE, kernels_mla.MLA_SOURCE) else "fp32"

@@ -111,6 +111,8 @@ def make_inputs(problem: Problem, seed: int = 0) -> Inputs:
     inputs.k, inputs.k_descale = _random(rng, (tables.num_pages, Hk, p.page_size, Dq), dt)
     if p.family != "mla":
         inputs.v, inputs.v_descale = _random(rng, (tables.num_pages, Hk, p.page_size, Dv), dt)
+    else:  # V is the first hdim_v values of each latent row: K's values, K's scale
+        inputs.v_descale = inputs.k_descale
     if p.family == "appendkv":
         _split_off_new_tokens(p, inputs, valid)
     for name in ("k", "v"):

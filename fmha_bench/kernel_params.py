@@ -27,6 +27,7 @@ KINDS = {
 # Enumerations the kernels switch on at run time (rendered as #defines).
 MASK_ALIGN = {"none": 0, "top_left": 1, "bottom_right": 2}
 PAGE_TABLE = {"vllm": 0, "sglang": 1, "headwise": 2}
+ROTARY_STYLE = {"interleaved": 0, "half": 1}
 SWA_HEAD_WORDS = 4  # bitmask words of headwise sliding-window KV heads: KV heads 0..127
 
 
@@ -102,6 +103,22 @@ FIELDS: tuple[Field, ...] = (
     Field("o_acc_split_stride", "i64", "o_acc elements between splits"),
     Field("lse_acc_split_stride", "i64", "lse_acc elements between splits"),
     Field("num_splits", "i32", "1: fmha_fwd writes O/LSE; > 1: block x = row tile * num_splits + split"),
+    # --- append-KV (SPEC 7): fmha_append_kv writes the rotated new tokens into the paged cache and
+    # the rotated queries into q, then the forward kernel attends with the same FmhaParams
+    Field("q_unrotated", "ptr", "appendkv: Q before RoPE (Q's layout and strides); q holds it rotated"),
+    Field("k_new", "ptr", "appendkv: new K [B,Hk,S_new,Dq] / [total_new,Hk,Dq], S_new = seqlen_q"),
+    Field("v_new", "ptr", "appendkv: new V [B,Hk,S_new,Dv] / [total_new,Hk,Dv]"),
+    Field("cache_len", "ptr", "appendkv: int32 [B] tokens in the cache before the append"),
+    Field("rope_cos", "ptr", "appendkv: fp32 [positions, rotary_dim/2] (0 when rotary_dim is 0)"),
+    Field("rope_sin", "ptr", "appendkv: fp32 [positions, rotary_dim/2]"),
+    Field("k_new_batch_stride", "i64", "k_new elements between sequences (0 in group mode)"),
+    Field("k_new_head_stride", "i64", "k_new elements between KV heads"),
+    Field("k_new_row_stride", "i64", "k_new elements between tokens"),
+    Field("v_new_batch_stride", "i64", "v_new elements between sequences (0 in group mode)"),
+    Field("v_new_head_stride", "i64", "v_new elements between KV heads"),
+    Field("v_new_row_stride", "i64", "v_new elements between tokens"),
+    Field("rotary_dim", "i32", "appendkv: leading dims of Q and K rotated (even, <= Dq; 0 = none)"),
+    Field("rotary_style", "i32", "FMHA_ROTARY_*: pairs (2k, 2k+1) or (k, k + rotary_dim/2)"),
 )
 
 
@@ -148,7 +165,8 @@ def render_header() -> str:
         "#define FMHA_PARAMS_H",
         "",
     ]
-    for prefix, enum in (("FMHA_MASK_", MASK_ALIGN), ("FMHA_PAGE_TABLE_", PAGE_TABLE)):
+    for prefix, enum in (("FMHA_MASK_", MASK_ALIGN), ("FMHA_PAGE_TABLE_", PAGE_TABLE),
+                         ("FMHA_ROTARY_", ROTARY_STYLE)):
         lines += [f"#define {prefix}{name.upper()} {value}" for name, value in enum.items()]
     lines += [f"#define FMHA_SWA_HEAD_WORDS {SWA_HEAD_WORDS}", "", "typedef struct FmhaParams {"]
     for f in FIELDS:

@@ -8,6 +8,11 @@ Split-KV (num_splits != 1; SPEC 6) is two launches sharing one FmhaParams: the f
 with a grid num_splits times wider writes fp32 partials into a workspace
 (`split_workspace_bytes`), then the combine instance (kernel_src/fmha_combine.hip) merges them
 into O and LSE and adds the learned sink. num_splits 0 means `choose_num_splits` decides.
+
+Append-KV (family appendkv; SPEC 7) is two launches sharing one FmhaParams too: the append
+instance (kernel_src/fmha_append_kv.hip) rotates the new keys and the queries and writes the new
+K/V into the paged cache, then the forward instance of `attention_problem(problem)` attends over
+the updated cache, reading the rotated queries from a workspace (`append_workspace_bytes`).
 """
 from __future__ import annotations
 
@@ -21,9 +26,11 @@ from .problem import Problem, ProblemError
 
 FWD_SOURCE, FWD_ENTRY = "fmha_fwd.hip", "fmha_fwd"
 COMBINE_SOURCE, COMBINE_ENTRY = "fmha_combine.hip", "fmha_combine"
-FWD_FAMILIES = ("fwd", "paged", "splitkv")
+APPEND_SOURCE, APPEND_ENTRY = "fmha_append_kv.hip", "fmha_append_kv"
+FWD_FAMILIES = ("fwd", "paged", "splitkv", "mla")
 KV_SOURCES = ("dense", "paged")
 GRID_X_MAX = 2 ** 31 - 1  # CUDA's limit on gridDim.x
+INT32_MAX = 2 ** 31 - 1
 GRID_YZ_MAX = 65535  # CUDA's limit on gridDim.y / gridDim.z (HIP's is larger)
 # The combine: 4 output rows of 32 lanes per block (a row's lanes read 128 consecutive bytes).
 COMBINE_ROWS, COMBINE_THREADS = 4, 128
@@ -31,6 +38,8 @@ COMBINE_ROWS, COMBINE_THREADS = 4, 128
 # keys in each split (shorter splits do not pay for the partials' traffic), and at most
 # this many splits.
 TARGET_WAVES, MIN_KEYS_PER_SPLIT, MAX_AUTO_SPLITS = 2, 256, 64
+# The append: one thread per 16-byte chunk (8 fp16/bf16 values) of a new token's Q, K or V row.
+APPEND_THREADS, APPEND_CHUNK_ELEMENTS = 128, 8
 
 
 def _fwd_spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, split_kv: bool,
@@ -52,14 +61,36 @@ def _combine_spec(arch: str, out_dtype: str, hdim_v: int) -> KernelSpec:
     return KernelSpec(source=COMBINE_SOURCE, entry=COMBINE_ENTRY, defines=defines, arch=arch, label=label)
 
 
+def _append_spec(arch: str, dtype: str, hdim_q: int, hdim_v: int) -> KernelSpec:
+    dims = f"hd{hdim_q}" if hdim_q == hdim_v else f"hd{hdim_q}x{hdim_v}"
+    defines = (("FMHA_DTYPE", dtype), ("FMHA_HDIM_Q", str(hdim_q)), ("FMHA_HDIM_V", str(hdim_v)),
+               ("FMHA_THREADS", str(APPEND_THREADS)))
+    return KernelSpec(source=APPEND_SOURCE, entry=APPEND_ENTRY, defines=defines, arch=arch,
+                      label=f"append_kv_{dtype}_{dims}_t{APPEND_THREADS}")
+
+
+def attention_problem(problem: Problem) -> Problem:
+    """The paged problem an appendkv problem's attention solves once its new tokens are in the
+    cache: the same shapes, mask, page tables and lengths (seqlen_k counts the new tokens), no RoPE."""
+    fields = {k: v for k, v in problem.fields().items() if k not in ("rotary_dim", "rotary_style")}
+    return Problem(**{**fields, "family": "paged"})
+
+
 def select_kernel(problem: Problem, arch: str) -> Union[KernelSpec, str]:
     """The forward instance that runs `problem` on `arch`, or the reason there is none. A problem
     that may split (num_splits != 1, auto included) gets the split-capable instance, which also
-    runs one split; the others get the instance compiled without split logic."""
+    runs one split; the others get the instance compiled without split logic. An appendkv
+    problem gets the instance of its attention (`attention_problem`); `select_append` names the
+    append launched before it."""
     try:
         problem.validate()
     except ProblemError as e:
         return f"invalid problem: {e}"
+    if problem.family == "appendkv":
+        chunks = max(problem.seqlens_q()) * _append_chunks_per_token(problem)
+        if chunks > INT32_MAX:
+            return f"appendkv: {chunks} 16-byte chunks of new tokens in one sequence exceed the append's 32-bit index"
+        return select_kernel(attention_problem(problem), arch)
     spec = archs.get_arch(arch)
     if problem.family not in FWD_FAMILIES:
         return f"family {problem.family} has no kernel yet"
@@ -88,6 +119,14 @@ def select_combine(problem: Problem, arch: str) -> KernelSpec | None:
     if problem.num_splits == 1 or not isinstance(select_kernel(problem, arch), KernelSpec):
         return None
     return _combine_spec(arch, problem.out_dt.name, problem.hdim_v)
+
+
+def select_append(problem: Problem, arch: str) -> KernelSpec | None:
+    """The append instance of an appendkv problem: None for other families and when no forward
+    instance attends over its cache."""
+    if problem.family != "appendkv" or not isinstance(select_kernel(problem, arch), KernelSpec):
+        return None
+    return _append_spec(arch, problem.dtype, problem.hdim_q, problem.hdim_v)
 
 
 def shipped_instances(arch: str) -> list[KernelSpec]:
@@ -127,6 +166,11 @@ def num_splits_for(problem: Problem, spec: KernelSpec, num_sms: int) -> int:
     return choose_num_splits(problem, num_sms, int(dict(spec.defines)["FMHA_BLOCK_Q"]))
 
 
+def append_workspace_bytes(problem: Problem) -> dict[str, int]:
+    """Device bytes of appendkv's rotated queries, by kernel_args pointer name (Q's shape and dtype)."""
+    return {"q_rotated": sum(problem.seqlens_q()) * problem.nhead_q * problem.hdim_q * problem.dt.itemsize}
+
+
 def split_workspace_bytes(problem: Problem, num_splits: int) -> dict[str, int]:
     """Device bytes of the split-KV partials, by kernel_args pointer name: fp32 O and LSE of
     every split (`[num_splits, *O shape]`, `[num_splits, *LSE shape]`)."""
@@ -152,6 +196,22 @@ def launch_config(spec: KernelSpec, problem: Problem, num_splits: int = 1) -> tu
     defines = dict(spec.defines)
     block_q, threads = int(defines["FMHA_BLOCK_Q"]), int(defines["FMHA_THREADS"])
     return (_row_tiles(problem, block_q) * num_splits, problem.nhead_k, problem.batch), (threads, 1, 1), 0
+
+
+def _append_chunks_per_token(problem: Problem) -> int:
+    """16-byte chunks of one new token: its Q rows (every query head), new K and new V rows."""
+    p = problem
+    return (p.nhead_q * p.hdim_q + p.nhead_k * (p.hdim_q + p.hdim_v)) // APPEND_CHUNK_ELEMENTS
+
+
+def _append_blocks(problem: Problem) -> int:
+    return max(1, math.ceil(max(problem.seqlens_q()) * _append_chunks_per_token(problem) / APPEND_THREADS))
+
+
+def append_launch_config(spec: KernelSpec, problem: Problem) -> tuple[tuple, tuple, int]:
+    """(grid, block, dynamic shared bytes) of the append: x = runs of FMHA_THREADS chunks of the
+    longest sequence's new tokens, y = sequence; no shared memory."""
+    return (_append_blocks(problem), problem.batch, 1), (int(dict(spec.defines)["FMHA_THREADS"]), 1, 1), 0
 
 
 def combine_launch_config(spec: KernelSpec, problem: Problem) -> tuple[tuple, tuple, int]:
@@ -191,7 +251,9 @@ def _tensor_strides(problem: Problem, inputs: Inputs) -> dict:
     if p.is_paged:
         pages, P = inputs.tables.num_pages, p.page_size
         shape, axes = ((pages, Hk, P), "phr") if p.kv_layout == "hnd" else ((pages, P, Hk), "prh")
-        k, v = _strides(shape + (Dq,), axes + "d"), _strides(shape + (Dv,), axes + "d")
+        k = _strides(shape + (Dq,), axes + "d")
+        # MLA's V is the first hdim_v values of each latent (K) row: K's strides.
+        v = k if p.family == "mla" else _strides(shape + (Dv,), axes + "d")
     elif p.mode == "group":
         total_k = sum(p.seqlens_k())
         k, v = _strides((total_k, Hk, Dq), "rhd"), _strides((total_k, Hk, Dv), "rhd")
@@ -204,6 +266,10 @@ def _tensor_strides(problem: Problem, inputs: Inputs) -> dict:
         out.update({f"{name}_batch_stride": s["b"], f"{name}_head_stride": s["h"], f"{name}_row_stride": s["r"],
                     f"{name}_page_stride": s["p"]})
     out.update(lse_batch_stride=lse["b"], lse_head_stride=lse["h"])
+    if p.family == "appendkv":  # new K/V: Q's token layout with the KV heads
+        for name, d in (("k_new", Dq), ("v_new", Dv)):
+            s = _strides((total_q, Hk, d), "rhd") if p.mode == "group" else _strides((p.batch, Hk, sq, d), "bhrd")
+            out.update({f"{name}_batch_stride": s["b"], f"{name}_head_stride": s["h"], f"{name}_row_stride": s["r"]})
     return out
 
 
@@ -211,6 +277,8 @@ def _pointer_names(problem: Problem) -> dict:
     """FmhaParams pointer field -> the Inputs-style buffer name this problem needs there."""
     p = problem
     names = {n: n for n in ("q", "k", "v", "o")}
+    if p.family == "mla":  # V lives in the latent (K) cache
+        names["v"] = "k"
     if p.lse:
         names["lse"] = "lse"
     if p.sink:
@@ -225,17 +293,22 @@ def _pointer_names(problem: Problem) -> dict:
         else:
             names["seqlen_k"] = "seqlen_k"
             names["block_table"] = "block_tables_headwise" if p.page_table == "headwise" else "block_table"
+    if p.family == "appendkv":  # attention reads the rotated queries the append writes
+        names.update(q="q_rotated", q_unrotated="q", k_new="k_new", v_new="v_new", cache_len="cache_len")
+        if p.rotary_dim:
+            names.update(rope_cos="rope_cos", rope_sin="rope_sin")
     return names
 
 
 def _int32(value: int) -> int:
     """Window bounds beyond any sequence length act alike; keep them inside int32."""
-    return min(int(value), 2 ** 31 - 1)
+    return min(int(value), INT32_MAX)
 
 
 def kernel_args(problem: Problem, inputs: Inputs, ptrs: dict, num_splits: int = 1) -> bytes:
     """The packed FmhaParams for `problem` with its device buffers `ptrs` (named like the Inputs
-    fields, plus o and lse, and with num_splits > 1 the workspaces o_acc and lse_acc)."""
+    fields, plus o and lse, with num_splits > 1 the workspaces o_acc and lse_acc, and for appendkv
+    the workspace q_rotated)."""
     p = problem
     if num_splits < 1:
         raise ValueError(f"kernel_args: num_splits must be resolved to >= 1, got {num_splits}")
@@ -267,6 +340,8 @@ def kernel_args(problem: Problem, inputs: Inputs, ptrs: dict, num_splits: int = 
     values.update(batch=p.batch, nhead_q=p.nhead_q, nhead_k=p.nhead_k, max_seqlen_q=max(p.seqlens_q()),
                   max_seqlen_k=max(p.seqlens_k()), group_mode=int(p.mode == "group"),
                   has_lse=int(p.lse), has_sink=int(p.sink))
+    if p.family == "appendkv":
+        values.update(rotary_dim=p.rotary_dim, rotary_style=kernel_params.ROTARY_STYLE[p.rotary_style])
     qk_descale = inputs.q_descale * inputs.k_descale
     values.update(scale=p.softmax_scale, scale_log2=p.softmax_scale * qk_descale * math.log2(math.e),
                   soft_cap=p.soft_cap, q_descale=inputs.q_descale, k_descale=inputs.k_descale,

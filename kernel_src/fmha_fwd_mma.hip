@@ -28,6 +28,7 @@
 #include "fmha_port.h"
 #include "fmha_params.h"
 #include "fmha_fwd_common.h"
+#include "fmha_mma_sync.h"
 
 #if !defined(FMHA_CUDA)
 #error "fmha_fwd_mma.hip uses NVIDIA mma.sync: build it for sm_80 and newer only"
@@ -43,37 +44,6 @@
 namespace fmha {
 
 /* ------------------------------------------------------------------ element types */
-struct mma_fp16 {
-    static FMHA_DEVICE void mma(float* c, const unsigned* a, const unsigned* b)
-    {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-    }
-    /* Two floats -> one register of two 16-bit values, lo in the low half (round to nearest even). */
-    static FMHA_DEVICE unsigned pack(float lo, float hi)
-    {
-        unsigned r;
-        asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-        return r;
-    }
-};
-struct mma_bf16 {
-    static FMHA_DEVICE void mma(float* c, const unsigned* a, const unsigned* b)
-    {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-    }
-    static FMHA_DEVICE unsigned pack(float lo, float hi)
-    {
-        unsigned r;
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-        return r;
-    }
-};
 struct kv_dense { static constexpr bool paged = false; };
 struct kv_paged { static constexpr bool paged = true; };
 
@@ -103,40 +73,6 @@ constexpr bool kQInRegs = kMT == 1 && kDq <= 128;
 constexpr int kQElems = kBQ * kDq, kKElems = kBK * kDq, kVElems = kBK * kDv;
 constexpr int kSmemBytes = 2 * (kQElems + 2 * kKElems + 2 * kVElems);
 
-/* Element offset of 16-byte chunk `chunk` of row `row` in a [rows][D] swizzled tile. */
-template <int D>
-FMHA_DEVICE int swizzle(int row, int chunk) { return row * D + ((chunk ^ (row & 7)) << 3); }
-
-/* ------------------------------------------------------------------ PTX wrappers */
-FMHA_DEVICE unsigned smem_address(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
-
-FMHA_DEVICE void copy16_async(unsigned dst, const void* src, bool present)
-{
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(present ? 16 : 0));
-}
-FMHA_DEVICE void commit_copies() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int Pending>
-FMHA_DEVICE void wait_copies() { asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending)); }
-
-/* 2^x on the special-function unit, denormals flushed (P below 2^-126 is zero either way). */
-FMHA_DEVICE float exp2_approx(float x)
-{
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
-FMHA_DEVICE void ldmatrix_x4(unsigned* r, unsigned address)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(address));
-}
-FMHA_DEVICE void ldmatrix_x4_trans(unsigned* r, unsigned address)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(address));
-}
-
 /* ------------------------------------------------------------------ tile loads */
 /* K or V rows of key tile j0 into a swizzled [kBK][D] stage, one 16-byte chunk per copy. */
 template <int D>
@@ -150,7 +86,7 @@ FMHA_DEVICE void load_kv_tile_async(InT* stage, const FmhaParams& p, const KvSeq
         locate_key<kPaged>(p, kv, j0 + r, page, slot);
         const bool present = page >= 0;
         const InT* src = present ? base + page * page_stride + slot * row_stride + chunk * 8 : base;
-        copy16_async(smem_address(stage + swizzle<D>(r, chunk)), src, present);
+        copy16_async(stage + swizzle<D>(r, chunk), src, present);
     }
 }
 
@@ -201,7 +137,7 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem)
                 src = q + b * p.q_batch_stride + h * p.q_head_stride + (i64)(q_first + m / group) * p.q_row_stride +
                       chunk * 8;
             }
-            copy16_async(smem_address(sq + swizzle<kDq>(r, chunk)), src, present);
+            copy16_async(sq + swizzle<kDq>(r, chunk), src, present);
         }
     }
     if (tiles.count > 0) {
@@ -258,7 +194,7 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem)
         if (kQInRegs && t == 0) {
 #pragma unroll
             for (int kk = 0; kk < kKS; ++kk)
-                ldmatrix_x4(qreg[kQInRegs ? kk : 0], smem_address(sq + swizzle<kDq>(warp_row0 + lane % 16, kk * 2 + lane / 16)));
+                ldmatrix_x4(qreg[kQInRegs ? kk : 0], sq + swizzle<kDq>(warp_row0 + lane % 16, kk * 2 + lane / 16));
         }
 
         /* S = Q K^T */
@@ -278,14 +214,13 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem)
 #pragma unroll
                     for (int i = 0; i < 4; ++i) qa[mt][i] = qreg[kQInRegs ? kk : 0][i];
                 } else {
-                    ldmatrix_x4(qa[mt], smem_address(sq + swizzle<kDq>(warp_row0 + mt * 16 + lane % 16, kk * 2 + lane / 16)));
+                    ldmatrix_x4(qa[mt], sq + swizzle<kDq>(warp_row0 + mt * 16 + lane % 16, kk * 2 + lane / 16));
                 }
             }
 #pragma unroll
             for (int np = 0; np < kNT / 2; ++np) {
                 unsigned kb[4];
-                ldmatrix_x4(kb, smem_address(ks + swizzle<kDq>(np * 16 + lane % 8 + 8 * (lane / 16),
-                                                                kk * 2 + (lane / 8) % 2)));
+                ldmatrix_x4(kb, ks + swizzle<kDq>(np * 16 + lane % 8 + 8 * (lane / 16), kk * 2 + (lane / 8) % 2));
 #pragma unroll
                 for (int mt = 0; mt < kMT; ++mt) {
                     Mma::mma(s[mt][2 * np], qa[mt], kb);
@@ -350,8 +285,7 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem)
 #pragma unroll
             for (int dp = 0; dp < kDT / 2; ++dp) {
                 unsigned vb[4];
-                ldmatrix_x4_trans(vb, smem_address(vs + swizzle<kDv>(kk * 16 + lane % 8 + 8 * ((lane / 8) % 2),
-                                                                      dp * 2 + lane / 16)));
+                ldmatrix_x4_trans(vb, vs + swizzle<kDv>(kk * 16 + lane % 8 + 8 * ((lane / 8) % 2), dp * 2 + lane / 16));
 #pragma unroll
                 for (int mt = 0; mt < kMT; ++mt) {
                     Mma::mma(acc[mt][2 * dp], pa[mt], vb);

@@ -9,6 +9,8 @@
 #define FMHA_PAGE_TABLE_VLLM 0
 #define FMHA_PAGE_TABLE_SGLANG 1
 #define FMHA_PAGE_TABLE_HEADWISE 2
+#define FMHA_ROTARY_INTERLEAVED 0
+#define FMHA_ROTARY_HALF 1
 #define FMHA_SWA_HEAD_WORDS 4
 
 typedef struct FmhaParams {
@@ -70,6 +72,20 @@ typedef struct FmhaParams {
     long long o_acc_split_stride;        /* o_acc elements between splits */
     long long lse_acc_split_stride;      /* lse_acc elements between splits */
     int num_splits;                      /* 1: fmha_fwd writes O/LSE; > 1: block x = row tile * num_splits + split */
+    unsigned long long q_unrotated;      /* appendkv: Q before RoPE (Q's layout and strides); q holds it rotated */
+    unsigned long long k_new;            /* appendkv: new K [B,Hk,S_new,Dq] / [total_new,Hk,Dq], S_new = seqlen_q */
+    unsigned long long v_new;            /* appendkv: new V [B,Hk,S_new,Dv] / [total_new,Hk,Dv] */
+    unsigned long long cache_len;        /* appendkv: int32 [B] tokens in the cache before the append */
+    unsigned long long rope_cos;         /* appendkv: fp32 [positions, rotary_dim/2] (0 when rotary_dim is 0) */
+    unsigned long long rope_sin;         /* appendkv: fp32 [positions, rotary_dim/2] */
+    long long k_new_batch_stride;        /* k_new elements between sequences (0 in group mode) */
+    long long k_new_head_stride;         /* k_new elements between KV heads */
+    long long k_new_row_stride;          /* k_new elements between tokens */
+    long long v_new_batch_stride;        /* v_new elements between sequences (0 in group mode) */
+    long long v_new_head_stride;         /* v_new elements between KV heads */
+    long long v_new_row_stride;          /* v_new elements between tokens */
+    int rotary_dim;                      /* appendkv: leading dims of Q and K rotated (even, <= Dq; 0 = none) */
+    int rotary_style;                    /* FMHA_ROTARY_*: pairs (2k, 2k+1) or (k, k + rotary_dim/2) */
 } FmhaParams;
 
 #endif /* FMHA_PARAMS_H */

@@ -50,8 +50,8 @@ def test_paged_problem_gets_a_paged_instance_with_unequal_head_dims():
     (Problem(dtype="fp8_e4m3fnuz"), "sm_90a", "needs gfx90a/gfx942"),
     (Problem(dtype="fp8_e4m3fn"), "sm_80", "fp8_e4m3fn is not supported on sm_80"),
     (Problem(hdim_q=96), "sm_90a", "hdim 96/96 has no instance"),
-    (Problem(family="mla", page_size=64, nhead_k=1, hdim_q=576, hdim_v=512, kv_layout="nhd"), "sm_90a",
-     "family mla has no kernel yet"),
+    (Problem(family="mixed", mode="group", batch=2, seqlen_q=[1, 64], seqlen_k=[100, 64], page_size=16), "sm_90a",
+     "family mixed has no kernel yet"),
     (Problem(family="splitkv", num_splits=2 ** 30, seqlen_q=4096, hdim_q=64), "sm_90a", "grid x"),
     (Problem(nhead_q=6, nhead_k=4), "sm_90a", "invalid problem: nhead_k"),
 ])

@@ -3,8 +3,18 @@
 A split-KV point (num_splits != 1; 0 = the count `kernels.choose_num_splits` picks for the
 device's SM count) launches the forward kernel into the session's workspaces, then the combine
 kernel, on one stream; the row's kernel name says how many splits ran.
+
+An appendkv point launches the append (new K/V rotated into the paged cache, queries rotated into
+a workspace), then the dispatcher's pick for the equivalent paged attention over the updated
+cache, on one stream and both timed: that pair is the operation. Each launch writes the same
+values to the same slots, so repeated launches leave the cache as the first one did. prepare()
+first puts the cache back as the inputs made it (new slots NaN) and poisons the rotated-Q
+workspace, so the validated launch shows what this provider's append wrote, not what an earlier
+provider of the point (--all-instances) left there.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from .base import Prepared, Provider
 
@@ -28,7 +38,14 @@ class FmhaProvider(Provider):
         self._forced = label
 
     def _select(self, problem, arch):
+        """(the attention instance to run, None) or (None, the reason there is none)."""
         from ..dispatch import candidates
+        from ..kernels import attention_problem, select_kernel
+        if problem.family == "appendkv":   # the append's own limits first, then its attention's candidates
+            refusal = select_kernel(problem, arch)
+            if isinstance(refusal, str):
+                return None, refusal
+            problem = attention_problem(problem)
         found = candidates(problem, arch)
         if isinstance(found, str):
             return None, found
@@ -44,13 +61,14 @@ class FmhaProvider(Provider):
         return found[0][1], None
 
     def _specs(self, problem, arch) -> list:
-        """The instances a point needs: its forward kernel and, when it may split, the combine."""
-        from ..kernels import select_combine
+        """The instances a point needs: its forward kernel, the combine when it may split, the
+        append for appendkv."""
+        from ..kernels import select_append, select_combine
         spec, _ = self._select(problem, arch)
         if spec is None:
             return []
-        combine = select_combine(problem, arch)
-        return [spec] if combine is None else [spec, combine]
+        companions = (select_combine(problem, arch), select_append(problem, arch))
+        return [spec, *(c for c in companions if c is not None)]
 
     def supports(self, problem, device) -> str | None:
         return self._select(problem, device.arch)[1]
@@ -79,22 +97,29 @@ class FmhaProvider(Provider):
             self._functions[name] = function
         return name, function
 
+    def _forward_launch(self, spec, function, problem, session, num_splits: int = 1) -> tuple:
+        """(grid, block, shared bytes) of the forward instance, its shared memory allowed."""
+        from ..dispatch import launch_config
+        grid, block, shared = launch_config(spec, problem, num_splits)
+        if shared > 48 * 1024:
+            session.backend.set_dynamic_shared(function, shared)
+        return grid, block, shared
+
     def prepare(self, problem, session) -> Prepared:
         from ..backends.base import KernelArguments
-        from ..dispatch import launch_config
+        from ..dispatch import p_precision
         from ..kernels import combine_launch_config, kernel_args, num_splits_for, select_combine, split_workspace_bytes
-        from ..kernels_mma import MMA_SOURCE
         backend = session.backend
         spec, reason = self._select(problem, session.device.arch)
         if spec is None:
             raise RuntimeError(reason)
         name, function = self._function(spec, problem, session)
+        if problem.family == "appendkv":
+            return self._prepare_append(problem, session, spec, name, function)
         num_splits = num_splits_for(problem, spec, session.device.sm_count)
         notes = [] if problem.num_splits == 1 else \
             [f"num_splits {num_splits} ({'auto' if problem.num_splits == 0 else 'given'})"]
-        grid, block, shared = launch_config(spec, problem, num_splits)
-        if shared > 48 * 1024:
-            backend.set_dynamic_shared(function, shared)
+        grid, block, shared = self._forward_launch(spec, function, problem, session, num_splits)
         ptrs = session.ptrs()
         if num_splits == 1:
             args = KernelArguments(kernel_args(problem, session.inputs, ptrs))
@@ -102,10 +127,8 @@ class FmhaProvider(Provider):
             def launch():
                 backend.launch(function, grid, block, shared, args)
 
-            # The tensor-core kernel rounds P to the input type before P.V; the portable one keeps fp32.
-            p_precision = "input" if spec.source == MMA_SOURCE else "fp32"
-            return Prepared(launch=launch, kernel=name, kernel_version=_version(name), p_precision=p_precision,
-                            notes=notes)
+            return Prepared(launch=launch, kernel=name, kernel_version=_version(name), p_precision=p_precision(spec),
+                            notes=notes, graph_safe=True)
 
         combine_spec = select_combine(problem, session.device.arch)
         combine_name, combine = self._function(combine_spec, problem, session)
@@ -119,7 +142,43 @@ class FmhaProvider(Provider):
             backend.launch(combine, combine_grid, combine_block, combine_shared, args)
 
         return Prepared(launch=launch_split, kernel=f"{name} split{num_splits} + {combine_name}",
-                        kernel_version=f"{_version(name)}+{_version(combine_name)}", p_precision="fp32", notes=notes)
+                        kernel_version=f"{_version(name)}+{_version(combine_name)}", p_precision=p_precision(spec),
+                        notes=notes, graph_safe=True)
+
+    def _prepare_append(self, problem, session, spec, name, function) -> Prepared:
+        """appendkv: the append, then the attention instance `spec`, sharing one FmhaParams."""
+        from ..backends.base import KernelArguments
+        from ..kernels import (append_launch_config, append_workspace_bytes, attention_problem, kernel_args,
+                               select_append)
+        from ..dispatch import p_precision
+        from ..session import POISON_BYTE
+        backend = session.backend
+        _restore_cache(session)
+        append_spec = select_append(problem, session.device.arch)
+        append_name, append = self._function(append_spec, problem, session)
+        append_grid, append_block, append_shared = append_launch_config(append_spec, problem)
+        grid, block, shared = self._forward_launch(spec, function, attention_problem(problem), session)
+        ptrs = session.ptrs()
+        for buffer, nbytes in append_workspace_bytes(problem).items():
+            workspace = session.workspace(buffer, nbytes)
+            backend.memset(workspace, POISON_BYTE)   # an earlier provider of the point may have filled it
+            ptrs[buffer] = workspace.ptr
+        args = KernelArguments(kernel_args(problem, session.inputs, ptrs))
+
+        def launch_append():
+            backend.launch(append, append_grid, append_block, append_shared, args)
+            backend.launch(function, grid, block, shared, args)
+
+        return Prepared(launch=launch_append, kernel=f"{append_name} + {name}",
+                        kernel_version=f"{_version(append_name)}+{_version(name)}", p_precision=p_precision(spec),
+                        graph_safe=True)
+
+
+def _restore_cache(session) -> None:
+    """The K/V cache as the inputs made it (the new tokens' slots NaN), over whatever an earlier
+    provider of the point appended into it."""
+    for name in ("k", "v"):
+        session.backend.copy_to_device(session.buffers[name], np.ascontiguousarray(session.host_inputs[name]))
 
 
 def _version(instance: str) -> str:

@@ -1,0 +1,226 @@
+"""The MLA decode kernel (kernel_src/fmha_mla_decode.hip) compiled for the CPU (fmha_cpu_emulation.h
+runs every GPU thread as a fiber; fmha_mma_sync.h emulates ldmatrix, mma.sync and cp.async with
+the PTX fragment layouts) against the NumPy reference.
+
+This checks the kernel's fragment indexing, k-slice reduction, masks, page tables, LSE, sink,
+soft cap, fp8 widening and split-KV partials without a GPU. Most cases use head dims 192/128
+(the same code with fewer k-steps: cheaper to emulate); a few use DeepSeek's 576/512.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from fmha_bench import dtypes
+from fmha_bench.kernel_params import repo_header_path
+from fmha_bench.kernels import kernel_args
+from fmha_bench.kernels_mla import TILES, mla_launch_config, mla_spec, mla_tiles, tile_tag
+from fmha_bench.problem import Problem
+from fmha_bench.reference import attention, split_partials
+from fmha_bench.reference.layout import output_shapes
+from fmha_bench.validate import compare, tolerance_for
+
+KERNEL_SRC = repo_header_path().parent
+CXX = shutil.which("g++")
+pytestmark = pytest.mark.skipif(CXX is None, reason="needs g++ (C++20) to build the CPU emulation")
+
+DRIVER = r"""
+#include <cstdio>
+#include "fmha_mla_decode.hip"
+extern "C" int fmha_emulate(const void* params, unsigned gx, unsigned gy, unsigned gz, char* error, int n)
+{
+    try {
+        fmha_emu::run_grid(fmha_mla_decode, *(const FmhaParams*)params, gx, gy, gz, fmha::kThreads);
+        return 0;
+    } catch (const std::exception& e) {
+        std::snprintf(error, n, "%s", e.what());
+        return 1;
+    }
+}
+extern "C" int smem_bytes() { return fmha::kSmemBytes; }
+extern "C" void widen_fp8(const unsigned char* codes, unsigned short* out)
+{
+    fmha::widen_fp8_chunk(out, out + 8, codes);
+}
+"""
+
+LATENT = dict(family="mla", nhead_k=1, kv_layout="nhd", hdim_q=192, hdim_v=128, dtype="bf16", page_size=16, mask="b",
+              lse=True)
+DEEPSEEK = dict(LATENT, hdim_q=576, hdim_v=512, page_size=64)
+
+
+def mla(**fields) -> Problem:
+    return Problem(**{**LATENT, **fields})
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    """library(spec) -> the spec's instance compiled for the CPU (cached per define set)."""
+    tmp = tmp_path_factory.mktemp("mla_emulated")
+    libs = {}
+
+    def build(spec):
+        if spec.defines not in libs:
+            src, lib = tmp / f"d{len(libs)}.cpp", tmp / f"d{len(libs)}.so"
+            src.write_text(DRIVER)
+            subprocess.run([CXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-DFMHA_CPU_EMULATION", f"-I{KERNEL_SRC}",
+                            *spec.define_flags(), str(src), "-o", str(lib)], check=True, capture_output=True, text=True)
+            libs[spec.defines] = ctypes.CDLL(str(lib))
+        return libs[spec.defines]
+
+    return build
+
+
+@dataclasses.dataclass
+class Emulated:
+    o: np.ndarray                  # float32, decoded from the output dtype (NaN where unwritten)
+    lse: np.ndarray
+    o_acc: np.ndarray | None       # split partials [num_splits, *O shape]
+    lse_acc: np.ndarray | None
+    inputs: object
+
+
+@pytest.fixture(scope="module")
+def emulate(library):
+    """emulate(problem, tag=None, num_splits=1) -> Emulated: one launch of the MLA instance `tag`
+    (default: the dispatcher's first) over NaN-poisoned outputs and workspaces."""
+
+    def run(problem: Problem, tag: str | None = None, num_splits: int = 1) -> Emulated:
+        tiles = mla_tiles(problem, "sm_90a")
+        assert not isinstance(tiles, str), tiles
+        spec = mla_spec("sm_90a", problem, next(t for t in tiles if tag in (None, tile_tag(t))))
+        x = problem.make_inputs(seed=1)
+        o_shape, lse_shape = output_shapes(problem)
+        host = {"o": dtypes.poison(o_shape, problem.out_dt), "lse": np.full(lse_shape, np.nan, np.float32)}
+        if num_splits > 1:
+            host["o_acc"] = np.full((num_splits,) + o_shape, np.nan, np.float32)
+            host["lse_acc"] = np.full((num_splits,) + lse_shape, np.nan, np.float32)
+        for name in ("q", "k", "seqstart_q", "seqlen_k", "sink_logits"):
+            host[name] = getattr(x, name)
+        for name in ("block_table", "kv_indptr", "kv_page_indices", "kv_last_page_len", "block_tables_headwise"):
+            host[name] = getattr(x.tables, name)
+        host = {k: np.ascontiguousarray(v) for k, v in host.items() if v is not None}
+        ptrs = {k: v.ctypes.data for k, v in host.items()}
+        ptrs["v"] = ptrs["k"]   # MLA's V is the latent cache; the kernel reads it through k
+        args = kernel_args(problem, x, ptrs, num_splits)
+        grid, _, shared = mla_launch_config(spec, problem, num_splits)
+        lib = library(spec)
+        assert lib.smem_bytes() == shared
+        error = ctypes.create_string_buffer(256)
+        rc = lib.fmha_emulate(ctypes.c_char_p(args), *(ctypes.c_uint(g) for g in grid), error, 256)
+        assert rc == 0, error.value.decode()
+        o = dtypes.decode(host["o"], problem.out_dt)
+        return Emulated(o, host["lse"], host.get("o_acc"), host.get("lse_acc"), x)
+
+    return run
+
+
+def _tolerance(problem: Problem, inputs):
+    """The runner's rule (validate.py) for a kernel that rounds P to the input type."""
+    v = inputs.decoded("k")[..., :problem.hdim_v]
+    return tolerance_for(problem, float(np.abs(v[np.isfinite(v)]).max()) * inputs.k_descale, "input")
+
+
+def _assert_matches(problem: Problem, run: Emulated):
+    ref = attention(problem, run.inputs)
+    tol = _tolerance(problem, run.inputs)
+    check = compare(run.o, ref.o, tol.atol, tol.rtol)
+    assert check.passed, f"{check.mismatches} of {check.count} off ({check.nan_count} NaN), max abs {check.max_abs:.3g}"
+    if problem.lse:
+        np.testing.assert_array_equal(np.isinf(run.lse), np.isinf(ref.lse))
+        np.testing.assert_allclose(run.lse, ref.lse, atol=1e-4, rtol=0)
+    else:
+        assert np.isnan(run.lse).all(), "LSE written although the problem asks for none"
+
+
+# ----------------------------------------------------------------------------- DeepSeek shapes
+@pytest.mark.parametrize("tile", TILES, ids=tile_tag)
+def test_every_tile_matches_reference_at_deepseek_head_dims(emulate, tile):
+    p = Problem(**DEEPSEEK, batch=1, seqlen_q=1, seqlen_k=80, nhead_q=64)
+    _assert_matches(p, emulate(p, tile_tag(tile)))
+
+
+def test_two_row_tiles_of_128_heads_with_two_new_tokens(emulate):
+    p = Problem(**DEEPSEEK, batch=1, seqlen_q=2, seqlen_k=70, nhead_q=128)
+    _assert_matches(p, emulate(p))
+
+
+# ----------------------------------------------------------------------------- axes of the decode
+@pytest.mark.parametrize("nhead_q,seqlen_q", [(16, 1), (16, 4), (32, 2), (64, 1), (64, 3)])
+def test_heads_and_bottom_right_causal_query_lengths(emulate, nhead_q, seqlen_q):
+    """16..64 rows: the 16-, 32- and 64-row tiles; rows of several query positions in one tile."""
+    p = mla(batch=2, seqlen_q=seqlen_q, seqlen_k=75, nhead_q=nhead_q)
+    _assert_matches(p, emulate(p))
+
+
+@pytest.mark.parametrize("page_size,table", [(1, "vllm"), (16, "sglang"), (64, "vllm"), (5, "sglang")])
+def test_page_sizes_and_tables_with_a_part_filled_last_page(emulate, page_size, table):
+    """Slots past a sequence hold NaN: reading one would show."""
+    p = mla(batch=2, seqlen_q=2, seqlen_k=97, nhead_q=32, page_size=page_size, page_table=table)
+    _assert_matches(p, emulate(p))
+
+
+def test_headwise_table_with_a_sliding_window_never_reads_recycled_pages(emulate):
+    p = mla(batch=2, seqlen_q=3, seqlen_k=150, nhead_q=16, page_size=7, page_table="headwise", swa_heads=(0,),
+            swa_window=20, swa_sink=3)
+    _assert_matches(p, emulate(p))
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp8_e4m3fn"])
+def test_dtypes_match_reference(emulate, dtype):
+    """fp8: Q and cache widened to bf16 exactly, descales in S and in O (K's for V), bf16 output."""
+    p = mla(batch=2, seqlen_q=2, seqlen_k=90, nhead_q=32, dtype=dtype)
+    _assert_matches(p, emulate(p))
+
+
+def test_unequal_cache_lengths_with_empty_sequences(emulate):
+    p = mla(mode="group", batch=5, seqlen_q=[1, 2, 0, 1, 1], seqlen_k=[1, 130, 5, 0, 64], nhead_q=16, sink=True)
+    _assert_matches(p, emulate(p))
+
+
+@pytest.mark.parametrize("problem", [
+    mla(batch=2, seqlen_q=4, seqlen_k=2, nhead_q=16, page_size=1, sink=True),         # rows that see no key
+    mla(batch=2, seqlen_q=2, seqlen_k=90, nhead_q=32, mask="b:20,0,4", soft_cap=5.0, sink=True, dtype="fp16"),
+    mla(batch=1, seqlen_q=4, seqlen_k=60, nhead_q=16, mask="t:3,5"),
+    mla(batch=1, seqlen_q=2, seqlen_k=60, nhead_q=64, mask="0", lse=False, scale=192 ** -0.5),
+], ids=lambda p: p.name())
+def test_masks_sink_soft_cap_and_scale(emulate, problem):
+    _assert_matches(problem, emulate(problem))
+
+
+# ----------------------------------------------------------------------------- split-KV partials
+@pytest.mark.parametrize("problem", [
+    mla(batch=2, seqlen_q=2, seqlen_k=150, nhead_q=32, sink=True, num_splits=3),
+    mla(batch=1, seqlen_q=1, seqlen_k=37, nhead_q=64, num_splits=64),   # most splits hold no key
+    mla(mode="group", batch=3, seqlen_q=[1, 0, 2], seqlen_k=[70, 5, 0], nhead_q=16, dtype="fp8_e4m3fn",
+        mask="b:9,0,2", page_size=5, page_table="sglang", num_splits=4),
+], ids=lambda p: p.name())
+def test_split_partials_match_reference_and_leave_o_to_the_combine(emulate, problem):
+    num_splits = problem.num_splits
+    run = emulate(problem, num_splits=num_splits)
+    o_s, lse_s = split_partials(problem, run.inputs, num_splits)
+    if problem.mode == "group":
+        lse_s = lse_s.transpose(0, 2, 1)   # the reference keeps partial LSEs row-major: [S, total_q, Hq]
+    np.testing.assert_array_equal(np.isneginf(run.lse_acc), np.isneginf(lse_s))
+    np.testing.assert_allclose(run.lse_acc, lse_s, atol=1e-4, rtol=0)
+    tol = _tolerance(problem, run.inputs)
+    np.testing.assert_allclose(run.o_acc, o_s, atol=tol.atol, rtol=0)
+    assert np.isnan(run.o).all() and np.isnan(run.lse).all(), "a split pass writes partials only"
+
+
+# ----------------------------------------------------------------------------- fp8 widening
+def test_fp8_codes_widen_to_the_exact_bf16_value(library):
+    lib = library(mla_spec("sm_90a", mla(dtype="fp8_e4m3fn"), TILES[0]))
+    codes = np.array([c for c in range(256) if c & 0x7F != 0x7F], np.uint8)   # every code but the NaNs
+    codes = np.concatenate([codes, codes[:16 - codes.size % 16]])
+    out = np.zeros(codes.size, np.uint16)
+    for i in range(0, codes.size, 16):
+        lib.widen_fp8(codes[i:].ctypes.data_as(ctypes.c_void_p), out[i:].ctypes.data_as(ctypes.c_void_p))
+    expected = dtypes.encode(dtypes.decode(codes, dtypes.E4M3FN), dtypes.BF16)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(dtypes.decode(out, dtypes.BF16), dtypes.decode(codes, dtypes.E4M3FN))
