@@ -100,3 +100,14 @@ def test_two_shards_cover_the_sweep_once_and_record_their_place(sweep, tmp_path)
     assert [(m["index"], m["count"]) for m in metas] == [(0, 2), (1, 2)]
     assert all(m["points_total"] == 4 for m in metas) and sum(m["points_in_shard"] for m in metas) == 4
     assert stable([row for part in parts for row in part.rows]) == stable(whole.rows)
+
+
+def test_report_warns_when_a_shard_of_the_sweep_is_missing(sweep, tmp_path):
+    from click.testing import CliRunner
+
+    from fmha_bench.cli import cli
+    options = SweepOptions(providers="cpu-ref", results_dir=tmp_path / "runs", worker_factories=FACTORIES,
+                           shard="0/2", run_id="only0")
+    run_sweep(sweep, run_points(sweep, shard=options.shard), options, show_table=False)
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "runs" / "only0")])
+    assert result.exit_code == 0 and "warning:" in result.output and "shard" in result.output

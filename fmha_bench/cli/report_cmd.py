@@ -73,6 +73,9 @@ def report(runs, baseline, fail_on_regression, csv_path, markdown_path, columns,
     loaded = [_load_run(name) for name in runs]
     base = _load_run(baseline) if baseline else None
     console = tables.make_console()
+    from ..shards import shard_warnings
+    for note in shard_warnings(loaded):   # shards of one sweep: missing, repeated, interrupted, mixed
+        console.print(f"warning: {note}", style="yellow", highlight=False)
     merged = merge_runs(loaded) if pivot or plots_dir else None
     if merged is not None:
         baseline_provider = choose_baseline(merged.providers, baseline_provider)
