@@ -124,3 +124,22 @@ def test_resuming_a_complete_run_runs_nothing_and_keeps_its_rows(env):
     again = sweep(env, "--resume", str(run_dir))
     assert again.returncode == 0 and (run_dir / ROWS_FILE).read_text() == before
     assert not (run_dir / "workers" / "worker-0.log").exists()   # no worker was started
+
+
+def test_parity_resumes_like_sweep_and_judges_every_row(env):
+    base = [sys.executable, str(DRIVER), "parity", str(env["sweep"]), "--providers", "cpu-ref,fake:pause-0.15",
+            "--results-dir", str(env["results"])]
+    process = subprocess.Popen(base + ["--run-id", "par"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rows = env["results"] / "par" / ROWS_FILE
+    deadline = time.monotonic() + 120
+    while not (rows.is_file() and rows.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.kill()
+    process.wait(timeout=30)
+    assert len(load_run(env["results"] / "par").rows) < POINTS * 2   # really cut short
+    resumed = subprocess.run([sys.executable, str(DRIVER), "parity", "--resume", "par", "--results-dir",
+                              str(env["results"])], capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(load_run(env["results"] / "par").rows) == POINTS * 2
+    table = (env["results"] / "par" / "parity.csv").read_text().splitlines()
+    assert len(table) == POINTS + 1 and all("agree" in line for line in table[1:])
