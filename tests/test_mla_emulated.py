@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
+from test_kernels_emulated import CXX, _compile
 
 from fmha_bench import dtypes
-from fmha_bench.kernel_params import repo_header_path
 from fmha_bench.kernels import kernel_args
 from fmha_bench.kernels_mla import TILES, mla_launch_config, mla_spec, mla_tiles, tile_tag
 from fmha_bench.problem import Problem
@@ -25,8 +23,6 @@ from fmha_bench.reference import attention, split_partials
 from fmha_bench.reference.layout import output_shapes
 from fmha_bench.validate import compare, tolerance_for
 
-KERNEL_SRC = repo_header_path().parent
-CXX = shutil.which("g++")
 pytestmark = pytest.mark.skipif(CXX is None, reason="needs g++ (C++20) to build the CPU emulation")
 
 DRIVER = r"""
@@ -66,11 +62,7 @@ def library(tmp_path_factory):
 
     def build(spec):
         if spec.defines not in libs:
-            src, lib = tmp / f"d{len(libs)}.cpp", tmp / f"d{len(libs)}.so"
-            src.write_text(DRIVER)
-            subprocess.run([CXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-DFMHA_CPU_EMULATION", f"-I{KERNEL_SRC}",
-                            *spec.define_flags(), str(src), "-o", str(lib)], check=True, capture_output=True, text=True)
-            libs[spec.defines] = ctypes.CDLL(str(lib))
+            libs[spec.defines] = _compile(tmp, f"d{len(libs)}", DRIVER, spec.define_flags())
         return libs[spec.defines]
 
     return build
