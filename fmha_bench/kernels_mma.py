@@ -20,8 +20,14 @@ MMA_DTYPES = ("fp16", "bf16")
 
 
 def shared_bytes(hdim_q: int, hdim_v: int, tile: dict) -> int:
-    """Q tile plus two stages of K and V tiles, 16-bit elements."""
+    """Dynamic shared memory: Q tile plus two stages of K and V tiles, 16-bit elements."""
     return 2 * (tile["block_q"] * hdim_q + 2 * tile["block_k"] * (hdim_q + hdim_v))
+
+
+def static_shared_bytes(tile: dict, paged: bool) -> int:
+    """The paged instances' row table (PagedRows in fmha_fwd_mma.hip): K and V offsets (8 bytes)
+    of two tiles' rows, beside the dynamic tiles."""
+    return 2 * 2 * 8 * tile["block_k"] if paged else 0
 
 
 def tile_tag(tile: dict) -> str:
@@ -53,7 +59,8 @@ def mma_candidates(problem: Problem, arch: str) -> Union[list, str]:
         return f"hdim {problem.hdim_q}/{problem.hdim_v} has no mma.sync tile"
     limit = spec.get("shared_bytes_optin", spec["shared_bytes_per_block"])
     kv_source = "paged" if problem.is_paged else "dense"
-    fitting = [t for t in tiles if shared_bytes(problem.hdim_q, problem.hdim_v, t) <= limit]
+    fitting = [t for t in tiles if shared_bytes(problem.hdim_q, problem.hdim_v, t)
+               + static_shared_bytes(t, problem.is_paged) <= limit]
     if not fitting:
         return f"hdim {problem.hdim_q}/{problem.hdim_v}: no mma.sync tile fits {limit} bytes of shared memory"
     cap = problem.soft_cap > 0

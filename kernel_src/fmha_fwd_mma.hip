@@ -5,7 +5,8 @@
 
    Compile-time specialisation (-D): FMHA_DTYPE fp16 | bf16, FMHA_HDIM_Q, FMHA_HDIM_V (multiples
    of 16, >= 64), FMHA_KV_SOURCE dense | paged, FMHA_BLOCK_Q, FMHA_BLOCK_K, FMHA_WARPS,
-   FMHA_SOFT_CAP 0 | 1 (the tanh path; the cap itself is a run-time field).
+   FMHA_SOFT_CAP 0 | 1 (the tanh path; the cap itself is a run-time field). Also builds for the
+   CPU emulation (-DFMHA_CPU_EMULATION, tests/test_mma_emulated.py).
 
    Algorithm (FlashAttention-2 style):
    - Each warp owns BLOCK_Q / WARPS query rows (16 or 32: one or two m16 tiles) for the whole key
@@ -15,7 +16,8 @@
      XOR-swizzled by row (chunk ^ row % 8) so ldmatrix reads 8 rows without bank conflicts.
      cp.async fetches tile t+1 (both K and V) while tile t is computed; absent keys (past the
      sequence, recycled pages) are zero-filled by cp.async's src-size 0 and never read from
-     global memory.
+     global memory. Paged: each tile's row locations are resolved once, two tiles ahead, into a
+     small static shared table (PagedRows), not per 16-byte chunk.
    - S = Q K^T: ldmatrix (Q rows as the A operand, K rows as the "col" B operand), fp32 accumulate.
    - Online softmax in base 2 on the accumulator fragments: a row's 8-wide pieces sit in the 4
      lanes of a quad, so row max/sum need two shuffles. Only tiles that straddle a mask boundary
@@ -30,8 +32,8 @@
 #include "fmha_fwd_common.h"
 #include "fmha_mma_sync.h"
 
-#if !defined(FMHA_CUDA)
-#error "fmha_fwd_mma.hip uses NVIDIA mma.sync: build it for sm_80 and newer only"
+#if !defined(FMHA_CUDA) && !defined(FMHA_CPU_EMULATION)
+#error "fmha_fwd_mma.hip uses NVIDIA mma.sync: build it for sm_80 and newer only (or -DFMHA_CPU_EMULATION for tests)"
 #endif
 #if !defined(FMHA_DTYPE) || !defined(FMHA_HDIM_Q) || !defined(FMHA_HDIM_V) || !defined(FMHA_KV_SOURCE) || \
     !defined(FMHA_BLOCK_Q) || !defined(FMHA_BLOCK_K) || !defined(FMHA_WARPS) || !defined(FMHA_SOFT_CAP)
@@ -74,30 +76,72 @@ constexpr int kQElems = kBQ * kDq, kKElems = kBK * kDq, kVElems = kBK * kDv;
 constexpr int kSmemBytes = 2 * (kQElems + 2 * kKElems + 2 * kVElems);
 
 /* ------------------------------------------------------------------ tile loads */
-/* K or V rows of key tile j0 into a swizzled [kBK][D] stage, one 16-byte chunk per copy. */
-template <int D>
-FMHA_DEVICE void load_kv_tile_async(InT* stage, const FmhaParams& p, const KvSequence& kv, const InT* base,
-                                    i64 page_stride, i64 row_stride, int j0)
+/* Where row r of a key tile lives: rows(r, offset) -> present, offset in elements from the
+   (sequence, KV head) base of K or V. Absent rows (past the sequence, recycled pages) are
+   zero-filled and never read. */
+template <int D, class Rows>
+FMHA_DEVICE void load_kv_tile_async(InT* stage, const InT* base, const Rows& rows)
 {
     constexpr int kChunks = D / 8;
     for (int c = threadIdx.x; c < kBK * kChunks; c += kThreads) {
         const int r = c / kChunks, chunk = c % kChunks;
-        int page, slot;
-        locate_key<kPaged>(p, kv, j0 + r, page, slot);
-        const bool present = page >= 0;
-        const InT* src = present ? base + page * page_stride + slot * row_stride + chunk * 8 : base;
-        copy16_async(stage + swizzle<D>(r, chunk), src, present);
+        i64 offset;
+        const bool present = rows(r, offset);
+        copy16_async(stage + swizzle<D>(r, chunk), present ? base + offset + chunk * 8 : base, present);
     }
 }
+
+/* Dense K/V: row r of the tile at key j0 is row first_row + j0 + r. The offset is computed even
+   for an absent row (then unused): branching around it cost the dense instances registers. */
+struct DenseRows {
+    const KvSequence& kv;
+    int j0;
+    i64 row_stride;
+    FMHA_DEVICE bool operator()(int r, i64& offset) const
+    {
+        const int j = j0 + r;
+        offset = (kv.first_row + j) * row_stride;
+        return j < kv.length;
+    }
+};
+
+/* Paged K/V: a key's page costs an integer divide and a dependent page-table load, too much to
+   repeat for each of a row's D / 8 chunks in an issue-bound kernel. So one pass of the block
+   resolves a tile's rows into shared memory (K and V offsets, -1 = absent) two tiles ahead, and
+   the chunk copies read them: slot t % 2 holds tile t. */
+struct PagedRows {
+    i64 k[2][kBK], v[2][kBK];
+
+    FMHA_DEVICE void resolve(int t, int j0, const FmhaParams& p, const KvSequence& kv)
+    {
+        for (int r = threadIdx.x; r < kBK; r += kThreads) {
+            int page, slot;
+            locate_key<true>(p, kv, j0 + r, page, slot);
+            k[t & 1][r] = page >= 0 ? page * p.k_page_stride + slot * p.k_row_stride : -1;
+            v[t & 1][r] = page >= 0 ? page * p.v_page_stride + slot * p.v_row_stride : -1;
+        }
+    }
+};
+
+struct ResolvedRows {
+    const i64* offsets;
+    FMHA_DEVICE bool operator()(int r, i64& offset) const
+    {
+        offset = offsets[r];
+        return offset >= 0;
+    }
+};
+
+struct NoRowTable {};   /* dense: nothing to resolve ahead */
 
 }  // namespace fmha
 
 namespace fmha {
 
 /* One block's attention. SoftCap is an instance flag (FMHA_SOFT_CAP) so the common path carries
-   no tanh code and no registers for it. */
-template <bool SoftCap>
-FMHA_DEVICE void attention(const FmhaParams& p, InT* smem)
+   no tanh code and no registers for it. RowTable: PagedRows in shared memory, or NoRowTable. */
+template <bool SoftCap, class RowTable>
+FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
 {
     InT* const sq = smem;
     InT* const sk = sq + kQElems;            /* stage s at sk + s * kKElems */
@@ -123,6 +167,17 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem)
     const KeyTiles<kBK> tiles(mask, m0 / group, (imin(m0 + kBQ, rows) - 1) / group);
     const InT* k_base = (const InT*)p.k + b * p.k_batch_stride + hk * p.k_head_stride;
     const InT* v_base = (const InT*)p.v + b * p.v_batch_stride + hk * p.v_head_stride;
+    auto load_tile = [&](int t, int stage) {
+        InT* const k_stage = sk + stage * kKElems;
+        InT* const v_stage = sv + stage * kVElems;
+        if constexpr (kPaged) {
+            load_kv_tile_async<kDq>(k_stage, k_base, ResolvedRows{row_table.k[t & 1]});
+            load_kv_tile_async<kDv>(v_stage, v_base, ResolvedRows{row_table.v[t & 1]});
+        } else {
+            load_kv_tile_async<kDq>(k_stage, k_base, DenseRows{kv, tiles.first_key(t), p.k_row_stride});
+            load_kv_tile_async<kDv>(v_stage, v_base, DenseRows{kv, tiles.first_key(t), p.v_row_stride});
+        }
+    };
 
     /* Q tile (absent rows zero-filled) and the first K/V tile: copy group 0. */
     {
@@ -141,8 +196,11 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem)
         }
     }
     if (tiles.count > 0) {
-        load_kv_tile_async<kDq>(sk, p, kv, k_base, p.k_page_stride, p.k_row_stride, tiles.first_key(0));
-        load_kv_tile_async<kDv>(sv, p, kv, v_base, p.v_page_stride, p.v_row_stride, tiles.first_key(0));
+        if constexpr (kPaged) {
+            for (int t = 0; t < imin(tiles.count, 2); ++t) row_table.resolve(t, tiles.first_key(t), p, kv);
+            fmha_barrier();
+        }
+        load_tile(0, 0);
     }
     commit_copies();
 
@@ -178,15 +236,17 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem)
     for (int t = 0; t < tiles.count; ++t) {
         const int stage = t & 1;
         if (t + 1 < tiles.count) {
-            const int j_next = tiles.first_key(t + 1);
-            load_kv_tile_async<kDq>(sk + (stage ^ 1) * kKElems, p, kv, k_base, p.k_page_stride, p.k_row_stride, j_next);
-            load_kv_tile_async<kDv>(sv + (stage ^ 1) * kVElems, p, kv, v_base, p.v_page_stride, p.v_row_stride, j_next);
+            load_tile(t + 1, stage ^ 1);
             commit_copies();
             wait_copies<1>();
         } else {
             wait_copies<0>();
         }
         fmha_barrier();
+        /* Tile t's row slot was last read when tile t was loaded, before this barrier; the
+           barrier that ends this step publishes it before tile t + 2 is loaded. */
+        if constexpr (kPaged)
+            if (t + 2 < tiles.count) row_table.resolve(t + 2, tiles.first_key(t + 2), p, kv);
         const InT* ks = sk + stage * kKElems;
         const InT* vs = sv + stage * kVElems;
         const int j0 = tiles.first_key(t);
@@ -330,10 +390,34 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem)
         }
 }
 
+/* The paged row table is static shared memory beside the dynamic tiles, so the launch's dynamic
+   size (kernels_mma.shared_bytes) stays that of the tiles. Internal linkage: under the CPU
+   emulation the table is a function-local static, which the loader would otherwise merge across
+   the instances a test process loads (STB_GNU_UNIQUE), whatever their BLOCK_K. */
+template <bool Paged>
+static FMHA_DEVICE void attention_block(const FmhaParams& p, InT* smem)
+{
+    if constexpr (Paged) {
+        __shared__ PagedRows row_table;
+        attention<FMHA_SOFT_CAP != 0>(p, smem, row_table);
+    } else {
+        NoRowTable none;
+        attention<FMHA_SOFT_CAP != 0>(p, smem, none);
+    }
+}
+
 }  // namespace fmha
 
+#if defined(FMHA_CUDA)
 extern "C" __global__ void __launch_bounds__(FMHA_WARPS * 32, 1) fmha_fwd_mma(FmhaParams p)
 {
     extern __shared__ __align__(128) fmha::InT smem[];
-    fmha::attention<FMHA_SOFT_CAP != 0>(p, smem);
+    fmha::attention_block<fmha::kPaged>(p, smem);
 }
+#else
+extern "C" __global__ void fmha_fwd_mma(FmhaParams p)
+{
+    alignas(128) static fmha::InT smem[fmha::kSmemBytes / 2];
+    fmha::attention_block<fmha::kPaged>(p, smem);
+}
+#endif

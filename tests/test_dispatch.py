@@ -67,3 +67,18 @@ def test_decode_like_points_prefer_the_smallest_row_tile():
     prefill = Problem(batch=4, seqlen_q=2048, seqlen_k=8192, nhead_q=32, nhead_k=4, hdim_q=128, mask="b")
     assert candidates(decode, "sm_90a")[0][0] == "mma-q64k64w4"
     assert candidates(prefill, "sm_90a")[0][0] == "mma-q128k64w8"
+
+
+def test_paged_mma_tiles_count_their_row_table_in_the_shared_memory_fit(monkeypatch):
+    from fmha_bench import archs, kernels_mma
+    tile = {"block_q": 64, "block_k": 64, "warps": 4}
+    assert kernels_mma.static_shared_bytes(tile, paged=True) == 2048
+    assert kernels_mma.static_shared_bytes(tile, paged=False) == 0
+    dynamic = kernels_mma.shared_bytes(256, 256, tile)
+    spec = dict(archs.get_arch("sm_80"), shared_bytes_optin=dynamic + 1024)   # the tiles fit, the table not
+    monkeypatch.setattr(archs, "get_arch", lambda arch: spec)
+    monkeypatch.setattr(archs, "mma_tile_candidates", lambda arch, dq, dv: [tile])
+    dense = Problem(hdim_q=256, dtype="bf16")
+    paged = Problem(family="paged", hdim_q=256, dtype="bf16", page_size=16)
+    assert not isinstance(kernels_mma.mma_candidates(dense, "sm_80"), str)
+    assert "no mma.sync tile fits" in kernels_mma.mma_candidates(paged, "sm_80")
