@@ -85,7 +85,11 @@ class _Pending:
 def run_sweep(sweep, points, options, show_table: bool = True, store=None) -> SweepOutcome:
     """Run `points` (with `store`, an existing run reopened by --resume, only those without all
     their rows) and return the outcome. Raises UserError when no worker can start."""
+    from .providers import get_providers
     from .store import RunStore
+    names = _provider_names(sweep, options)
+    if not options.worker_factories:  # (a test's stand-in GPU brings providers of its own)
+        get_providers(names, sweep=sweep, ck_binary=options.ck_binary)  # a bad name fails here, before any run dir
     settings = PointSettings(sweep.measure, options.validate or sweep.validate.mode, sweep.validate.rows,
                              options.seed if options.seed is not None else sweep.seed)
     runnable = [pt.problem for pt in points if pt.problem is not None]
@@ -102,7 +106,7 @@ def run_sweep(sweep, points, options, show_table: bool = True, store=None) -> Sw
         store.record_resume(sys.argv)
     log_dir = store.path / "workers"
     log_dir.mkdir(exist_ok=True)
-    job = WorkerJob(sweep=sweep, provider_names=_provider_names(sweep, options), settings=settings,
+    job = WorkerJob(sweep=sweep, provider_names=names, settings=settings,
                     problems=runnable, kernel=options.kernel, all_instances=options.all_instances,
                     ck_binary=options.ck_binary, log_dir=str(log_dir), **dict(options.worker_factories))
     done_ids = store.complete_point_ids()

@@ -111,3 +111,11 @@ def test_report_warns_when_a_shard_of_the_sweep_is_missing(sweep, tmp_path):
     run_sweep(sweep, run_points(sweep, shard=options.shard), options, show_table=False)
     result = CliRunner().invoke(cli, ["report", str(tmp_path / "runs" / "only0")])
     assert result.exit_code == 0 and "warning:" in result.output and "shard" in result.output
+
+
+def test_an_unknown_provider_fails_before_a_run_directory_or_a_worker_exists(sweep, tmp_path):
+    from fmha_bench.errors import UserError
+    with pytest.raises(UserError, match=r"--providers: unknown provider 'fhma'; did you mean 'fmha'"):
+        run_sweep(sweep, run_points(sweep), SweepOptions(providers="fhma", results_dir=tmp_path / "runs"),
+                  show_table=False)
+    assert not (tmp_path / "runs").exists()
