@@ -138,7 +138,8 @@ class RunStore:
         run = load_run(path)
         rows_path = Path(path) / ROWS_FILE
         providers = run.meta.get("providers")
-        keep = [row for row in run.rows if providers and row.get("point_id") in _complete_points(run.rows, providers)]
+        complete = _complete_points(run.rows, providers) if providers else set()
+        keep = [row for row in run.rows if row.get("point_id") in complete]
         if len(keep) != len(run.rows) or run.warnings:
             _write_atomic(rows_path, "".join(_json_line(row) for row in keep))
         store = cls(Path(path), run.meta)
