@@ -29,14 +29,15 @@ KERNEL_SRC = repo_header_path().parent
 CXX = shutil.which("g++")
 pytestmark = pytest.mark.skipif(CXX is None, reason="needs g++ (C++20) to build the CPU emulation")
 
-# One kernel instance per library: EMU_SOURCE / EMU_ENTRY name the kernel, its defines specialise it.
+# One kernel instance per library: EMU_SOURCE / EMU_ENTRY name the kernel, EMU_THREADS its block
+# size (see emulation_defines), its defines specialise it.
 DRIVER = r"""
 #include <cstdio>
 #include EMU_SOURCE
 extern "C" int fmha_emulate(const void* params, unsigned gx, unsigned gy, unsigned gz, char* error, int n)
 {
     try {
-        fmha_emu::run_grid(EMU_ENTRY, *(const FmhaParams*)params, gx, gy, gz, FMHA_THREADS);
+        fmha_emu::run_grid(EMU_ENTRY, *(const FmhaParams*)params, gx, gy, gz, EMU_THREADS);
         return 0;
     } catch (const std::exception& e) {
         std::snprintf(error, n, "%s", e.what());
@@ -66,6 +67,13 @@ extern "C" void decode_bf16(const unsigned short* x, float* out, int n)
 SMALL_TILE = {"FMHA_BLOCK_Q": "16", "FMHA_BLOCK_K": "8", "FMHA_THREADS": "32"}
 
 
+def emulation_defines(spec, threads: str = "FMHA_THREADS") -> list[str]:
+    """The flags that make DRIVER run `spec`'s kernel: its defines, its source and entry, and the
+    expression of its threads per block (FMHA_THREADS, or a kernel's own constant)."""
+    return [*spec.define_flags(), f'-DEMU_SOURCE="{spec.source}"', f"-DEMU_ENTRY={spec.entry}",
+            f"-DEMU_THREADS={threads}"]
+
+
 def _compile(tmp_path, name: str, source: str, defines: list[str]) -> ctypes.CDLL:
     src, lib = tmp_path / f"{name}.cpp", tmp_path / f"{name}.so"
     src.write_text(source)
@@ -83,8 +91,7 @@ def launch(tmp_path_factory):
     def run(spec, args: bytes, grid):
         key = (spec.source, spec.entry, spec.defines)
         if key not in libs:
-            libs[key] = _compile(tmp, f"k{len(libs)}", DRIVER, [*spec.define_flags(), f'-DEMU_SOURCE="{spec.source}"',
-                                                               f"-DEMU_ENTRY={spec.entry}"])
+            libs[key] = _compile(tmp, f"k{len(libs)}", DRIVER, emulation_defines(spec))
         error = ctypes.create_string_buffer(256)
         rc = libs[key].fmha_emulate(ctypes.c_char_p(args), *(ctypes.c_uint(g) for g in grid), error, 256)
         assert rc == 0, error.value.decode()

@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from test_kernels_emulated import CXX, _compile
+from test_kernels_emulated import CXX, DRIVER, _compile, emulation_defines
 
 from fmha_bench import dtypes
 from fmha_bench.kernels import kernel_args
@@ -25,19 +25,8 @@ from fmha_bench.validate import compare, tolerance_for
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="needs g++ (C++20) to build the CPU emulation")
 
-DRIVER = r"""
-#include <cstdio>
-#include "fmha_mla_decode.hip"
-extern "C" int fmha_emulate(const void* params, unsigned gx, unsigned gy, unsigned gz, char* error, int n)
-{
-    try {
-        fmha_emu::run_grid(fmha_mla_decode, *(const FmhaParams*)params, gx, gy, gz, fmha::kThreads);
-        return 0;
-    } catch (const std::exception& e) {
-        std::snprintf(error, n, "%s", e.what());
-        return 1;
-    }
-}
+# Beside DRIVER's fmha_emulate: the instance's shared memory and its fp8 widening, for the tests.
+MLA_EXTRAS = r"""
 extern "C" int smem_bytes() { return fmha::kSmemBytes; }
 extern "C" void widen_fp8(const unsigned char* codes, unsigned short* out)
 {
@@ -62,7 +51,8 @@ def library(tmp_path_factory):
 
     def build(spec):
         if spec.defines not in libs:
-            libs[spec.defines] = _compile(tmp, f"d{len(libs)}", DRIVER, spec.define_flags())
+            libs[spec.defines] = _compile(tmp, f"d{len(libs)}", DRIVER + MLA_EXTRAS,
+                                          emulation_defines(spec, "fmha::kThreads"))
         return libs[spec.defines]
 
     return build

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
+from test_kernels_emulated import CXX, DRIVER, _compile, emulation_defines
 
 from fmha_bench import dtypes
-from fmha_bench.kernel_params import repo_header_path
 from fmha_bench.kernels import kernel_args
 from fmha_bench.kernels_mma import mma_candidates, mma_launch_config
 from fmha_bench.problem import Problem
@@ -29,24 +27,7 @@ from fmha_bench.reference import attention
 from fmha_bench.reference.layout import output_shapes
 from fmha_bench.validate import compare, tolerance_for
 
-KERNEL_SRC = repo_header_path().parent
-CXX = shutil.which("g++")
 pytestmark = pytest.mark.skipif(CXX is None, reason="needs g++ (C++20) to build the CPU emulation")
-
-DRIVER = r"""
-#include <cstdio>
-#include "fmha_fwd_mma.hip"
-extern "C" int fmha_emulate(const void* params, unsigned gx, unsigned gy, unsigned gz, char* error, int n)
-{
-    try {
-        fmha_emu::run_grid(fmha_fwd_mma, *(const FmhaParams*)params, gx, gy, gz, fmha::kThreads);
-        return 0;
-    } catch (const std::exception& e) {
-        std::snprintf(error, n, "%s", e.what());
-        return 1;
-    }
-}
-"""
 
 # Two warps of 16 rows, 32 keys a tile: several row and key tiles in small problems, a loader
 # pass of one row per thread. ONE_WARP: 32 rows per warp (two m16 tiles), 64 keys for 32 threads.
@@ -63,11 +44,7 @@ def library(tmp_path_factory):
 
     def build(spec):
         if spec.defines not in libs:
-            src, lib = tmp / f"m{len(libs)}.cpp", tmp / f"m{len(libs)}.so"
-            src.write_text(DRIVER)
-            subprocess.run([CXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-DFMHA_CPU_EMULATION", f"-I{KERNEL_SRC}",
-                            *spec.define_flags(), str(src), "-o", str(lib)], check=True, capture_output=True, text=True)
-            libs[spec.defines] = ctypes.CDLL(str(lib))
+            libs[spec.defines] = _compile(tmp, f"m{len(libs)}", DRIVER, emulation_defines(spec, "fmha::kThreads"))
         return libs[spec.defines]
 
     return build
