@@ -24,6 +24,7 @@ from fmha_bench.kernels import (combine_launch_config, kernel_args, launch_confi
 from fmha_bench.problem import Problem
 from fmha_bench.reference import RefOutput, attention, split_partials
 from fmha_bench.reference.layout import output_shapes
+from fmha_bench.session import INPUT_FIELDS, TABLE_FIELDS
 
 KERNEL_SRC = repo_header_path().parent
 CXX = shutil.which("g++")
@@ -74,6 +75,41 @@ def emulation_defines(spec, threads: str = "FMHA_THREADS") -> list[str]:
             f"-DEMU_THREADS={threads}"]
 
 
+def host_buffers(problem, inputs, splits: int = 1) -> dict:
+    """The host arrays of one emulated launch: NaN-poisoned O and LSE (and split partials), then
+    every input and page table the point has, contiguous."""
+    o_shape, lse_shape = output_shapes(problem)
+    host = {"o": dtypes.poison(o_shape, problem.out_dt), "lse": np.full(lse_shape, np.nan, np.float32)}
+    if splits > 1:
+        host["o_acc"] = np.full((splits,) + o_shape, np.nan, np.float32)
+        host["lse_acc"] = np.full((splits,) + lse_shape, np.nan, np.float32)
+    host.update((name, getattr(inputs, name)) for name in INPUT_FIELDS)
+    if inputs.tables is not None:
+        host.update((name, getattr(inputs.tables, name)) for name in TABLE_FIELDS)
+    return {k: np.ascontiguousarray(v) for k, v in host.items() if v is not None}
+
+
+def run_emulated(library: ctypes.CDLL, args: bytes, grid) -> None:
+    """One launch of the library's kernel over `grid`; a kernel-side error fails the test."""
+    error = ctypes.create_string_buffer(256)
+    rc = library.fmha_emulate(ctypes.c_char_p(args), *(ctypes.c_uint(g) for g in grid), error, 256)
+    assert rc == 0, error.value.decode()
+
+
+def kernel_libraries(tmp, prefix: str, driver: str = None, threads: str = "FMHA_THREADS"):
+    """library(spec) -> `spec`'s kernel compiled for the CPU with `driver` (default DRIVER),
+    cached per instance."""
+    libs = {}
+
+    def library(spec) -> ctypes.CDLL:
+        key = (spec.source, spec.entry, spec.defines)
+        if key not in libs:
+            libs[key] = _compile(tmp, f"{prefix}{len(libs)}", driver or DRIVER, emulation_defines(spec, threads))
+        return libs[key]
+
+    return library
+
+
 def _compile(tmp_path, name: str, source: str, defines: list[str]) -> ctypes.CDLL:
     src, lib = tmp_path / f"{name}.cpp", tmp_path / f"{name}.so"
     src.write_text(source)
@@ -85,18 +121,8 @@ def _compile(tmp_path, name: str, source: str, defines: list[str]) -> ctypes.CDL
 @pytest.fixture(scope="module")
 def launch(tmp_path_factory):
     """launch(spec, packed FmhaParams, grid): runs one kernel instance on the CPU."""
-    tmp = tmp_path_factory.mktemp("emulated")
-    libs = {}
-
-    def run(spec, args: bytes, grid):
-        key = (spec.source, spec.entry, spec.defines)
-        if key not in libs:
-            libs[key] = _compile(tmp, f"k{len(libs)}", DRIVER, emulation_defines(spec))
-        error = ctypes.create_string_buffer(256)
-        rc = libs[key].fmha_emulate(ctypes.c_char_p(args), *(ctypes.c_uint(g) for g in grid), error, 256)
-        assert rc == 0, error.value.decode()
-
-    return run
+    library = kernel_libraries(tmp_path_factory.mktemp("emulated"), "k")
+    return lambda spec, args, grid: run_emulated(library(spec), args, grid)
 
 
 @dataclasses.dataclass
@@ -120,19 +146,10 @@ def emulate(launch):
         spec = dataclasses.replace(spec, defines=tuple({**dict(spec.defines), **tile}.items()))
         splits = problem.num_splits if num_splits is None else num_splits
         x = problem.make_inputs(seed=1)
-        o_shape, lse_shape = output_shapes(problem)
-        host = {"o": dtypes.poison(o_shape, problem.out_dt), "lse": np.full(lse_shape, np.nan, np.float32)}
-        for name in ("q", "k", "v", "seqstart_q", "seqstart_k", "seqlen_k", "sink_logits"):
-            host[name] = getattr(x, name)
-        if x.tables is not None:
-            for name in ("block_table", "kv_indptr", "kv_page_indices", "kv_last_page_len", "block_tables_headwise"):
-                host[name] = getattr(x.tables, name)
+        host = host_buffers(problem, x, splits)
         if splits > 1:
-            host["o_acc"] = np.full((splits,) + o_shape, np.nan, np.float32)
-            host["lse_acc"] = np.full((splits,) + lse_shape, np.nan, np.float32)
             assert split_workspace_bytes(problem, splits) == {"o_acc": host["o_acc"].nbytes,
                                                               "lse_acc": host["lse_acc"].nbytes}
-        host = {k: np.ascontiguousarray(v) for k, v in host.items() if v is not None}
         args = kernel_args(problem, x, {k: v.ctypes.data for k, v in host.items()}, splits)
         launch(spec, args, launch_config(spec, problem, splits)[0])
         if splits > 1:

@@ -13,14 +13,13 @@ import dataclasses
 
 import numpy as np
 import pytest
-from test_kernels_emulated import CXX, DRIVER, _compile, emulation_defines
+from test_kernels_emulated import CXX, DRIVER, host_buffers, kernel_libraries, run_emulated
 
 from fmha_bench import dtypes
 from fmha_bench.kernels import kernel_args
 from fmha_bench.kernels_mla import TILES, mla_launch_config, mla_spec, mla_tiles, tile_tag
 from fmha_bench.problem import Problem
 from fmha_bench.reference import attention, split_partials
-from fmha_bench.reference.layout import output_shapes
 from fmha_bench.validate import compare, tolerance_for
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="needs g++ (C++20) to build the CPU emulation")
@@ -46,16 +45,7 @@ def mla(**fields) -> Problem:
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
     """library(spec) -> the spec's instance compiled for the CPU (cached per define set)."""
-    tmp = tmp_path_factory.mktemp("mla_emulated")
-    libs = {}
-
-    def build(spec):
-        if spec.defines not in libs:
-            libs[spec.defines] = _compile(tmp, f"d{len(libs)}", DRIVER + MLA_EXTRAS,
-                                          emulation_defines(spec, "fmha::kThreads"))
-        return libs[spec.defines]
-
-    return build
+    return kernel_libraries(tmp_path_factory.mktemp("mla_emulated"), "d", DRIVER + MLA_EXTRAS, "fmha::kThreads")
 
 
 @dataclasses.dataclass
@@ -77,25 +67,13 @@ def emulate(library):
         assert not isinstance(tiles, str), tiles
         spec = mla_spec("sm_90a", problem, next(t for t in tiles if tag in (None, tile_tag(t))))
         x = problem.make_inputs(seed=1)
-        o_shape, lse_shape = output_shapes(problem)
-        host = {"o": dtypes.poison(o_shape, problem.out_dt), "lse": np.full(lse_shape, np.nan, np.float32)}
-        if num_splits > 1:
-            host["o_acc"] = np.full((num_splits,) + o_shape, np.nan, np.float32)
-            host["lse_acc"] = np.full((num_splits,) + lse_shape, np.nan, np.float32)
-        for name in ("q", "k", "seqstart_q", "seqlen_k", "sink_logits"):
-            host[name] = getattr(x, name)
-        for name in ("block_table", "kv_indptr", "kv_page_indices", "kv_last_page_len", "block_tables_headwise"):
-            host[name] = getattr(x.tables, name)
-        host = {k: np.ascontiguousarray(v) for k, v in host.items() if v is not None}
+        host = host_buffers(problem, x, num_splits)
         ptrs = {k: v.ctypes.data for k, v in host.items()}
-        ptrs["v"] = ptrs["k"]   # MLA's V is the latent cache; the kernel reads it through k
         args = kernel_args(problem, x, ptrs, num_splits)
         grid, _, shared = mla_launch_config(spec, problem, num_splits)
         lib = library(spec)
         assert lib.smem_bytes() == shared
-        error = ctypes.create_string_buffer(256)
-        rc = lib.fmha_emulate(ctypes.c_char_p(args), *(ctypes.c_uint(g) for g in grid), error, 256)
-        assert rc == 0, error.value.decode()
+        run_emulated(lib, args, grid)
         o = dtypes.decode(host["o"], problem.out_dt)
         return Emulated(o, host["lse"], host.get("o_acc"), host.get("lse_acc"), x)
 

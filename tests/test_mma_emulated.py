@@ -12,19 +12,17 @@ entry (past a sequence, or a recycled headwise block) reads it and the output sh
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 
 import numpy as np
 import pytest
-from test_kernels_emulated import CXX, DRIVER, _compile, emulation_defines
+from test_kernels_emulated import CXX, host_buffers, kernel_libraries, run_emulated
 
 from fmha_bench import dtypes
 from fmha_bench.kernels import kernel_args
 from fmha_bench.kernels_mma import mma_candidates, mma_launch_config
 from fmha_bench.problem import Problem
 from fmha_bench.reference import attention
-from fmha_bench.reference.layout import output_shapes
 from fmha_bench.validate import compare, tolerance_for
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="needs g++ (C++20) to build the CPU emulation")
@@ -39,15 +37,7 @@ SHIPPED = {"block_q": 64, "block_k": 64, "warps": 4}
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
     """library(spec) -> the instance compiled for the CPU (cached per define set)."""
-    tmp = tmp_path_factory.mktemp("mma_emulated")
-    libs = {}
-
-    def build(spec):
-        if spec.defines not in libs:
-            libs[spec.defines] = _compile(tmp, f"m{len(libs)}", DRIVER, emulation_defines(spec, "fmha::kThreads"))
-        return libs[spec.defines]
-
-    return build
+    return kernel_libraries(tmp_path_factory.mktemp("mma_emulated"), "m", threads="fmha::kThreads")
 
 
 @dataclasses.dataclass
@@ -73,14 +63,7 @@ def emulate(library):
                    "FMHA_BLOCK_K": str(tile["block_k"]), "FMHA_WARPS": str(tile["warps"])}
         spec = dataclasses.replace(candidates[0][1], defines=tuple(defines.items()))
         x = problem.make_inputs(seed=1)
-        o_shape, lse_shape = output_shapes(problem)
-        host = {"o": dtypes.poison(o_shape, problem.out_dt), "lse": np.full(lse_shape, np.nan, np.float32)}
-        for name in ("q", "k", "v", "seqstart_q", "seqstart_k", "seqlen_k", "sink_logits"):
-            host[name] = getattr(x, name)
-        if x.tables is not None:
-            for name in ("block_table", "kv_indptr", "kv_page_indices", "kv_last_page_len", "block_tables_headwise"):
-                host[name] = getattr(x.tables, name)
-        host = {k: np.ascontiguousarray(v) for k, v in host.items() if v is not None}
+        host = host_buffers(problem, x)
         ptrs = {k: v.ctypes.data for k, v in host.items()}
         if problem.is_paged:
             for name in ("k", "v"):
@@ -89,9 +72,7 @@ def emulate(library):
         args = kernel_args(problem, x, ptrs, 1)
         grid, block, _ = mma_launch_config(spec, problem)
         assert block == (32 * tile["warps"], 1, 1)
-        error = ctypes.create_string_buffer(256)
-        rc = library(spec).fmha_emulate(ctypes.c_char_p(args), *(ctypes.c_uint(g) for g in grid), error, 256)
-        assert rc == 0, error.value.decode()
+        run_emulated(library(spec), args, grid)
         return Emulated(dtypes.decode(host["o"], problem.out_dt), host["lse"], x)
 
     return run
