@@ -52,6 +52,14 @@ def mma_tile_candidates(arch: str, hdim_q: int, hdim_v: int) -> list[dict]:
     return list(_specs()[arch]["mma_tiles"].get(f"{hdim_q}/{hdim_v}", []))
 
 
+def kernel_tile_candidates(arch: str, kind: str, hdim_q: int, hdim_v: int) -> list[dict]:
+    """Candidate tiles of a kernel family, the default first ([] if none): the arch names its set
+    in `<kind>_tiles`, the sets live in the top-level `<kind>_tile_sets` of arch_specs.json."""
+    raw = json.loads(_specs_text())
+    set_name = raw["archs"][arch].get(f"{kind}_tiles")
+    return list(raw.get(f"{kind}_tile_sets", {}).get(set_name, {}).get(f"{hdim_q}/{hdim_v}", []))
+
+
 def archs_with_dtype(dtype: str) -> list[str]:
     return [name for name, spec in _specs().items() if dtype in spec["dtypes"]]
 

@@ -1,8 +1,10 @@
 """The dispatcher: which forward instance runs a problem on an arch, and every candidate it
 chose from (for `--all-instances`).
 
-Candidates, in preference order: the tensor-core kernel's tiles (kernels_mma; NVIDIA sm_80+,
-fp16/bf16, one split) with the arch's default tile first, then the portable kernel (kernels),
+Candidates, in preference order: the Hopper wgmma kernel's tiles (kernels_wgmma; sm_90a, dense,
+fp16/bf16, one split), the mma.sync kernel's tiles (kernels_mma; NVIDIA sm_80+, fp16/bf16, one
+split) with the arch's default tile first (decode-like points: the smallest row tile first),
+then the portable kernel (kernels),
 which runs everything the project supports. Family mla has its own tensor-core kernel
 (kernels_mla; NVIDIA sm_80+, fp16/bf16/fp8, split-KV too) first, then the portable kernel where
 that runs it. Each candidate carries a short tag (`mma-q128k64w8`, `mla-q64k32s3`,
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from typing import Union
 
-from . import kernels, kernels_mla, kernels_mma
+from . import kernels, kernels_mla, kernels_mma, kernels_wgmma
 from .build.instance import KernelSpec
 from .problem import Problem, ProblemError
 
@@ -32,10 +34,12 @@ def candidates(problem: Problem, arch: str) -> Union[list, str]:
     if isinstance(portable, str):
         return portable
     found = []
-    if problem.num_splits == 1:   # the tensor-core kernel does not split K/V yet
-        mma = kernels_mma.mma_candidates(problem, arch)
-        if not isinstance(mma, str):
-            found += _decode_first(problem, mma)
+    if problem.num_splits == 1:   # the tensor-core kernels do not split K/V yet
+        for family in (kernels_wgmma.wgmma_candidates, kernels_mma.mma_candidates):
+            tiles = family(problem, arch)
+            if not isinstance(tiles, str):
+                found += tiles
+        found = _decode_first(problem, found)
     return found + [(portable_tag(portable), portable)]
 
 
@@ -58,11 +62,15 @@ def _mla_candidates(problem: Problem, arch: str, portable) -> Union[list, str]:
 DECODE_ROWS = 64
 
 
+def _block_q(spec: KernelSpec) -> int:
+    return kernels_wgmma.BLOCK_Q if spec.source == kernels_wgmma.WGMMA_SOURCE else int(dict(spec.defines)["FMHA_BLOCK_Q"])
+
+
 def _decode_first(problem: Problem, found: list) -> list:
     rows = max(problem.seqlens_q()) * problem.group_size
     if rows > DECODE_ROWS:
         return found
-    return sorted(found, key=lambda item: int(dict(item[1].defines)["FMHA_BLOCK_Q"]))
+    return sorted(found, key=lambda item: _block_q(item[1]))
 
 
 def instances_for(problems, arch_names) -> list[KernelSpec]:
@@ -82,6 +90,8 @@ def instances_for(problems, arch_names) -> list[KernelSpec]:
 
 
 def launch_config(spec: KernelSpec, problem: Problem, num_splits: int = 1) -> tuple[tuple, tuple, int]:
+    if spec.source == kernels_wgmma.WGMMA_SOURCE:
+        return kernels_wgmma.wgmma_launch_config(spec, problem)
     if spec.source == kernels_mma.MMA_SOURCE:
         return kernels_mma.mma_launch_config(spec, problem)
     if spec.source == kernels_mla.MLA_SOURCE:
@@ -93,4 +103,5 @@ def p_precision(spec: KernelSpec) -> str:
     """What the forward instance rounds P to before P.V (validate.tolerance_for): the tensor-core
     kernels the input type (bf16 for fp8 inputs: "input" allows fp8's coarser rounding), the
     portable kernel nothing (fp32). Split or not."""
-    return "input" if spec.source in (kernels_mma.MMA_SOURCE, kernels_mla.MLA_SOURCE) else "fp32"
+    tensor_core = (kernels_wgmma.WGMMA_SOURCE, kernels_mma.MMA_SOURCE, kernels_mla.MLA_SOURCE)
+    return "input" if spec.source in tensor_core else "fp32"

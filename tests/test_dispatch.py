@@ -3,14 +3,20 @@ from __future__ import annotations
 
 from fmha_bench.dispatch import candidates, instances_for, launch_config
 from fmha_bench.kernels_mma import MMA_SOURCE, shared_bytes
+from fmha_bench.kernels_wgmma import WGMMA_SOURCE
+from fmha_bench.kernels_wgmma import shared_bytes as wgmma_shared_bytes
 from fmha_bench.problem import Problem
 
 
-def test_nvidia_fp16_prefill_prefers_the_tensor_core_tiles_then_the_portable_kernel():
+def test_hopper_fp16_prefill_prefers_wgmma_then_mma_sync_then_the_portable_kernel():
     found = candidates(Problem(hdim_q=128), "sm_90a")
     tags = [tag for tag, _ in found]
-    assert tags[0] == "mma-q128k64w8" and tags[-1].startswith("portable-")
-    assert all(spec.source == MMA_SOURCE for _, spec in found[:-1])
+    assert tags[0] == "wgmma-q128k128" and tags[1] == "mma-q128k64w8" and tags[-1].startswith("portable-")
+    assert [spec.source for _, spec in found[:-1]] == [WGMMA_SOURCE] + [MMA_SOURCE] * (len(found) - 2)
+
+
+def test_ampere_has_no_wgmma_candidate():
+    assert [tag for tag, _ in candidates(Problem(hdim_q=128), "sm_80")][0] == "mma-q128k64w8"
 
 
 def test_fp8_split_kv_and_amd_points_have_only_the_portable_kernel():
@@ -40,10 +46,20 @@ def test_an_unsupported_problem_gives_the_reason():
 
 def test_mma_launch_uses_the_row_tiles_of_the_grouped_heads_and_dynamic_shared_memory():
     problem = Problem(batch=3, seqlen_q=1000, nhead_q=16, nhead_k=4, hdim_q=128)
-    _, spec = candidates(problem, "sm_90a")[0]
+    _, spec = candidates(problem, "sm_80")[0]
     grid, block, shared = launch_config(spec, problem)
     assert grid == (-(-1000 * 4 // 128), 4, 3) and block == (256, 1, 1)
     assert shared == 2 * (128 * 128 + 2 * 64 * 256)
+
+
+def test_wgmma_launch_has_two_warpgroups_and_aligned_shared_memory_within_the_hopper_limit():
+    problem = Problem(batch=3, seqlen_q=1000, nhead_q=16, nhead_k=4, hdim_q=128)
+    _, spec = candidates(problem, "sm_90a")[0]
+    grid, block, shared = launch_config(spec, problem)
+    assert grid == (-(-1000 * 4 // 128), 4, 3) and block == (256, 1, 1)
+    assert shared == 2 * (128 * 128 + 2 * 128 * 256) + 1024
+    for hdim, block_k in ((64, 128), (128, 128), (256, 64)):
+        assert wgmma_shared_bytes(hdim, hdim, {"block_k": block_k}) <= 232448
 
 
 def test_instances_for_lists_every_candidate_once_and_skips_unsupported():
@@ -62,11 +78,11 @@ def test_instances_for_adds_the_split_instance_and_one_combine_per_arch():
                      for entry, split in (("fmha_fwd", "1"), ("fmha_combine", None))]
 
 
-def test_decode_like_points_prefer_the_smallest_row_tile():
+def test_decode_like_points_prefer_the_smallest_row_tile_even_over_wgmma():
     decode = Problem(batch=64, seqlen_q=1, seqlen_k=8192, nhead_q=32, nhead_k=4, hdim_q=128, mask="b")
     prefill = Problem(batch=4, seqlen_q=2048, seqlen_k=8192, nhead_q=32, nhead_k=4, hdim_q=128, mask="b")
     assert candidates(decode, "sm_90a")[0][0] == "mma-q64k64w4"
-    assert candidates(prefill, "sm_90a")[0][0] == "mma-q128k64w8"
+    assert candidates(prefill, "sm_90a")[0][0] == "wgmma-q128k128"
 
 
 def test_paged_mma_tiles_count_their_row_table_in_the_shared_memory_fit(monkeypatch):

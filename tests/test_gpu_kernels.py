@@ -13,10 +13,11 @@ from fmha_bench.problem import Problem
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module", params=["dispatcher", "portable"])
+@pytest.fixture(scope="module", params=["dispatcher", "mma", "portable"])
 def gpu(request):
-    """Every case runs twice: with the dispatcher's pick (the tensor-core kernel where it
-    applies) and with the portable kernel forced."""
+    """Every case runs with the dispatcher's pick (the wgmma kernel on sm_90a where it applies,
+    else the mma.sync kernel), with the mma.sync kernel forced (skipped where it does not run the
+    case) and with the portable kernel forced."""
     from fmha_bench.backends import BackendUnavailable, open_backend
     try:
         backend = open_backend(0)
@@ -24,8 +25,9 @@ def gpu(request):
         pytest.skip(f"no GPU: {e}")
     from fmha_bench.providers.fmha import FmhaProvider
     provider = FmhaProvider()
-    if request.param == "portable":
-        provider.force_kernel("portable")
+    forced = {"mma": "_mma_", "portable": "portable"}.get(request.param)   # "_mma_": not the wgmma labels
+    if forced:
+        provider.force_kernel(forced)
     return backend, backend.device_info(), provider
 
 

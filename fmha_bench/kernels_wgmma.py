@@ -1,0 +1,69 @@
+"""Host side of the Hopper tensor-core forward kernel (kernel_src/fmha_fwd_wgmma.hip: wgmma,
+sm_90a only): its candidate instances for a problem and its launch shape.
+
+Same FmhaParams (kernels.kernel_args) and grid (tile of query rows, KV head, sequence) as the
+other forward kernels; 128 query rows (two warpgroups) per block. Candidates come from the
+arch's `wgmma_tiles` in kernel_src/arch_specs.json, the default first.
+"""
+from __future__ import annotations
+
+import math
+from typing import Union
+
+from . import archs
+from .build.instance import KernelSpec
+from .problem import Problem
+
+WGMMA_SOURCE, WGMMA_ENTRY = "fmha_fwd_wgmma.hip", "fmha_fwd_wgmma"
+WGMMA_DTYPES = ("fp16", "bf16")
+BLOCK_Q, THREADS = 128, 256
+ALIGN_SLACK = 1024   # the kernel aligns its tiles to the 1024-byte swizzle atom
+
+
+def shared_bytes(hdim_q: int, hdim_v: int, tile: dict) -> int:
+    """Dynamic shared memory: Q tile plus two stages of K and V tiles, 16-bit elements, plus the
+    alignment slack."""
+    return 2 * (BLOCK_Q * hdim_q + 2 * tile["block_k"] * (hdim_q + hdim_v)) + ALIGN_SLACK
+
+
+def tile_tag(tile: dict) -> str:
+    return f"wgmma-q{BLOCK_Q}k{tile['block_k']}"
+
+
+def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, soft_cap: bool, tile: dict) -> KernelSpec:
+    dims = f"hd{hdim_q}" if hdim_q == hdim_v else f"hd{hdim_q}x{hdim_v}"
+    label = f"fwd_dense_{dtype}_{dims}{'_cap' if soft_cap else ''}_{tile_tag(tile).replace('-', '_')}"
+    defines = (("FMHA_DTYPE", dtype), ("FMHA_HDIM_Q", str(hdim_q)), ("FMHA_HDIM_V", str(hdim_v)),
+               ("FMHA_BLOCK_K", str(tile["block_k"])), ("FMHA_SOFT_CAP", "1" if soft_cap else "0"))
+    return KernelSpec(source=WGMMA_SOURCE, entry=WGMMA_ENTRY, defines=defines, arch=arch, label=label)
+
+
+def wgmma_candidates(problem: Problem, arch: str) -> Union[list, str]:
+    """[(tag, KernelSpec)] in the dispatcher's order for an already valid fwd problem with one
+    split, or the reason the wgmma kernel cannot run it."""
+    spec = archs.get_arch(arch)
+    if "wgmma" not in spec.get("features", ()):
+        return f"{arch} has no wgmma"
+    if problem.dtype not in WGMMA_DTYPES:
+        return f"{problem.dtype}: the wgmma kernel takes fp16/bf16"
+    if problem.is_paged:
+        return "paged K/V: the wgmma kernel reads dense K/V only"
+    if problem.softmax_scale <= 0:
+        return "softmax scale <= 0: the wgmma kernel folds a positive scale into its running max"
+    tiles = archs.kernel_tile_candidates(arch, "wgmma", problem.hdim_q, problem.hdim_v)
+    if not tiles:
+        return f"hdim {problem.hdim_q}/{problem.hdim_v} has no wgmma tile"
+    limit = spec.get("shared_bytes_optin", spec["shared_bytes_per_block"])
+    fitting = [t for t in tiles if shared_bytes(problem.hdim_q, problem.hdim_v, t) <= limit]
+    if not fitting:
+        return f"hdim {problem.hdim_q}/{problem.hdim_v}: no wgmma tile fits {limit} bytes of shared memory"
+    cap = problem.soft_cap > 0
+    return [(tile_tag(t), _spec(arch, problem.dtype, problem.hdim_q, problem.hdim_v, cap, t)) for t in fitting]
+
+
+def wgmma_launch_config(spec: KernelSpec, problem: Problem) -> tuple[tuple, tuple, int]:
+    defines = dict(spec.defines)
+    tile = {"block_k": int(defines["FMHA_BLOCK_K"])}
+    rows = max(problem.seqlens_q()) * problem.group_size
+    grid = (max(1, math.ceil(rows / BLOCK_Q)), problem.nhead_k, problem.batch)
+    return grid, (THREADS, 1, 1), shared_bytes(problem.hdim_q, problem.hdim_v, tile)
