@@ -1,5 +1,5 @@
 """Host side of the Hopper tensor-core forward kernel (kernel_src/fmha_fwd_wgmma.hip: wgmma,
-sm_90a only): its candidate instances for a problem and its launch shape.
+sm_90a only; dense or paged K/V): its candidate instances for a problem and its launch shape.
 
 Same FmhaParams (kernels.kernel_args) and grid (tile of query rows, KV head, sequence) as the
 other forward kernels; 128 query rows (two warpgroups) per block. Candidates come from the
@@ -26,15 +26,24 @@ def shared_bytes(hdim_q: int, hdim_v: int, tile: dict) -> int:
     return 2 * (BLOCK_Q * hdim_q + 2 * tile["block_k"] * (hdim_q + hdim_v)) + ALIGN_SLACK
 
 
+def static_shared_bytes(tile: dict, paged: bool) -> int:
+    """The paged instances' row table (PagedRowTable in fmha_fwd_wgmma.hip): K and V offsets
+    (8 bytes each) of three tiles' rows, beside the dynamic tiles."""
+    return 3 * 2 * 8 * tile["block_k"] if paged else 0
+
+
 def tile_tag(tile: dict) -> str:
-    return f"wgmma-q{BLOCK_Q}k{tile['block_k']}"
+    blocks = tile.get("blocks_per_sm", 1)
+    return f"wgmma-q{BLOCK_Q}k{tile['block_k']}" + (f"b{blocks}" if blocks > 1 else "")
 
 
-def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, soft_cap: bool, tile: dict) -> KernelSpec:
+def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, soft_cap: bool, tile: dict) -> KernelSpec:
     dims = f"hd{hdim_q}" if hdim_q == hdim_v else f"hd{hdim_q}x{hdim_v}"
-    label = f"fwd_dense_{dtype}_{dims}{'_cap' if soft_cap else ''}_{tile_tag(tile).replace('-', '_')}"
+    label = f"fwd_{kv_source}_{dtype}_{dims}{'_cap' if soft_cap else ''}_{tile_tag(tile).replace('-', '_')}"
     defines = (("FMHA_DTYPE", dtype), ("FMHA_HDIM_Q", str(hdim_q)), ("FMHA_HDIM_V", str(hdim_v)),
-               ("FMHA_BLOCK_K", str(tile["block_k"])), ("FMHA_SOFT_CAP", "1" if soft_cap else "0"))
+               ("FMHA_KV_SOURCE", kv_source), ("FMHA_BLOCK_K", str(tile["block_k"])),
+               ("FMHA_SOFT_CAP", "1" if soft_cap else "0"),
+               ("FMHA_BLOCKS_PER_SM", str(tile.get("blocks_per_sm", 1))))
     return KernelSpec(source=WGMMA_SOURCE, entry=WGMMA_ENTRY, defines=defines, arch=arch, label=label)
 
 
@@ -46,19 +55,22 @@ def wgmma_candidates(problem: Problem, arch: str) -> Union[list, str]:
         return f"{arch} has no wgmma"
     if problem.dtype not in WGMMA_DTYPES:
         return f"{problem.dtype}: the wgmma kernel takes fp16/bf16"
-    if problem.is_paged:
-        return "paged K/V: the wgmma kernel reads dense K/V only"
     if problem.softmax_scale <= 0:
         return "softmax scale <= 0: the wgmma kernel folds a positive scale into its running max"
     tiles = archs.kernel_tile_candidates(arch, "wgmma", problem.hdim_q, problem.hdim_v)
     if not tiles:
         return f"hdim {problem.hdim_q}/{problem.hdim_v} has no wgmma tile"
     limit = spec.get("shared_bytes_optin", spec["shared_bytes_per_block"])
-    fitting = [t for t in tiles if shared_bytes(problem.hdim_q, problem.hdim_v, t) <= limit]
+    # Two blocks per SM (blocks_per_sm) share its shared memory: the per-block opt-in limit plus
+    # the 1 KB the hardware reserves per block is the SM's capacity.
+    fitting = [t for t in tiles
+               if t.get("blocks_per_sm", 1) * (shared_bytes(problem.hdim_q, problem.hdim_v, t)
+                                               + static_shared_bytes(t, problem.is_paged) + 1024) <= limit + 1024]
     if not fitting:
         return f"hdim {problem.hdim_q}/{problem.hdim_v}: no wgmma tile fits {limit} bytes of shared memory"
-    cap = problem.soft_cap > 0
-    return [(tile_tag(t), _spec(arch, problem.dtype, problem.hdim_q, problem.hdim_v, cap, t)) for t in fitting]
+    cap, kv_source = problem.soft_cap > 0, "paged" if problem.is_paged else "dense"
+    return [(tile_tag(t), _spec(arch, problem.dtype, problem.hdim_q, problem.hdim_v, kv_source, cap, t))
+            for t in fitting]
 
 
 def wgmma_launch_config(spec: KernelSpec, problem: Problem) -> tuple[tuple, tuple, int]:

@@ -30,9 +30,9 @@
 #if !defined(FMHA_CUDA)
 #error "fmha_fwd_wgmma.hip uses Hopper's wgmma: build it for sm_90a only"
 #endif
-#if !defined(FMHA_DTYPE) || !defined(FMHA_HDIM_Q) || !defined(FMHA_HDIM_V) || !defined(FMHA_BLOCK_K) || \
-    !defined(FMHA_SOFT_CAP)
-#error "fmha_fwd_wgmma.hip needs -D FMHA_DTYPE, FMHA_HDIM_Q/V, FMHA_BLOCK_K, FMHA_SOFT_CAP"
+#if !defined(FMHA_DTYPE) || !defined(FMHA_HDIM_Q) || !defined(FMHA_HDIM_V) || !defined(FMHA_KV_SOURCE) || \
+    !defined(FMHA_BLOCK_K) || !defined(FMHA_SOFT_CAP)
+#error "fmha_fwd_wgmma.hip needs -D FMHA_DTYPE, FMHA_HDIM_Q/V, FMHA_KV_SOURCE, FMHA_BLOCK_K, FMHA_SOFT_CAP"
 #endif
 
 #define FMHA_CAT_(a, b) a##b
@@ -43,6 +43,9 @@ namespace fmha {
 typedef FMHA_CAT(mma_, FMHA_DTYPE) Pack;      /* float pair -> two 16-bit values */
 typedef FMHA_CAT(wg_, FMHA_DTYPE) WgType;
 typedef unsigned short InT;
+struct kv_dense { static constexpr bool paged = false; };
+struct kv_paged { static constexpr bool paged = true; };
+constexpr bool kPaged = FMHA_CAT(kv_, FMHA_KV_SOURCE)::paged;
 
 constexpr int kDq = FMHA_HDIM_Q, kDv = FMHA_HDIM_V, kBK = FMHA_BLOCK_K;
 constexpr int kBQ = 128, kWarpgroups = 2, kThreads = 128 * kWarpgroups;
@@ -72,44 +75,112 @@ FMHA_DEVICE void load_tile_async(InT* tile, const InT* base, const RowsOf& rows)
     }
 }
 
-/* The K or V tiles of one (sequence, KV head), dense rows: every thread copies the same chunk
-   of the same rows of every tile (rows r0, r0 + kStep, ...), so its shared-memory offsets are
-   fixed and its global address moves by a tile's rows per tile: a few instructions per 16-byte
-   copy instead of a divide, a swizzle and 64-bit row arithmetic each (which made this kernel
-   issue-bound). kStep is a multiple of 8, so the swizzle of every row of a thread is the same. */
+/* The K or V tiles of one (sequence, KV head): every thread copies the same chunk of the same
+   rows of every tile (rows r0, r0 + kStep, ...), so its shared-memory offsets are fixed and only
+   the rows' global addresses change per tile: a few instructions per 16-byte copy instead of a
+   divide, a swizzle and 64-bit row arithmetic each (which made this kernel issue-bound). kStep
+   is a multiple of 8, so every row of a thread has the same swizzle. */
 template <int D>
-struct DenseTileCopier {
+struct TileRows {
     static constexpr int kChunks = D / 8, kStep = kThreads / kChunks, kCopies = kBK / kStep;
     static_assert(kThreads % kChunks == 0 && kStep % 8 == 0 && kBK % kStep == 0, "copier: tile shape");
+    int r0, chunk, smem_offset;
+    FMHA_DEVICE TileRows() : r0(threadIdx.x / kChunks), chunk(threadIdx.x % kChunks)
+    {
+        smem_offset = sw128<kBK>(r0, chunk);
+    }
+};
+
+/* Dense rows: key j of the sequence is row first_row + j. */
+template <int D>
+struct DenseTileCopier : TileRows<D> {
+    using TileRows<D>::kStep;
+    using TileRows<D>::kCopies;
     const InT* src;      /* row r0, this thread's chunk, of key 0 */
     i64 row_stride, step;
-    int smem_offset, r0, length;
+    int length;
 
     FMHA_DEVICE DenseTileCopier(const InT* base, i64 stride, const KvSequence& kv)
         : row_stride(stride), step(kStep * stride), length(kv.length)
     {
-        const int chunk = threadIdx.x % kChunks;
-        r0 = threadIdx.x / kChunks;
-        src = base + (kv.first_row + r0) * stride + chunk * 8;
-        smem_offset = sw128<kBK>(r0, chunk);
+        src = base + (kv.first_row + this->r0) * stride + this->chunk * 8;
     }
 
-    FMHA_DEVICE void load(InT* tile, int j0) const
+    FMHA_DEVICE void load(InT* tile, int j0, const i64* /* no row table */) const
     {
         const InT* row = src + j0 * row_stride;
-        InT* const dst = tile + smem_offset;
+        InT* const dst = tile + this->smem_offset;
         if (j0 + kBK <= length) {   /* no row past the end: no per-row test */
 #pragma unroll
             for (int i = 0; i < kCopies; ++i, row += step) copy16_async(dst + i * kStep * 64, row, true);
         } else {
 #pragma unroll
             for (int i = 0; i < kCopies; ++i, row += step) {
-                const bool present = j0 + r0 + i * kStep < length;
+                const bool present = j0 + this->r0 + i * kStep < length;
                 copy16_async(dst + i * kStep * 64, present ? row : src, present);
             }
         }
     }
 };
+
+/* Paged rows: a key's page costs an integer divide and a dependent page-table load, too much for
+   each copy; so each tile's rows are resolved once, by one thread per row, three tiles ahead
+   into a shared table (slot t % 3 holds tile t: K_{t+2} and V_{t+1} are being read from it while
+   tile t + 3 is written), and the copies read their offsets there (-1 = absent). */
+struct PagedRowTable {
+    static constexpr int kSlots = 3;
+    i64 k[kSlots][kBK], v[kSlots][kBK];
+
+    FMHA_DEVICE void resolve(int t, int j0, const FmhaParams& p, const KvSequence& kv)
+    {
+        for (int r = threadIdx.x; r < kBK; r += kThreads) {
+            int page, slot;
+            locate_key<true>(p, kv, j0 + r, page, slot);
+            k[t % kSlots][r] = page >= 0 ? page * p.k_page_stride + slot * p.k_row_stride : -1;
+            v[t % kSlots][r] = page >= 0 ? page * p.v_page_stride + slot * p.v_row_stride : -1;
+        }
+    }
+};
+
+template <int D>
+struct PagedTileCopier : TileRows<D> {
+    using TileRows<D>::kStep;
+    using TileRows<D>::kCopies;
+    const InT* src;      /* the (sequence, KV head) base, this thread's chunk */
+
+    FMHA_DEVICE explicit PagedTileCopier(const InT* base) : src(base + this->chunk * 8) {}
+
+    FMHA_DEVICE void load(InT* tile, int /* j0: resolved into offsets */, const i64* offsets) const
+    {
+        InT* const dst = tile + this->smem_offset;
+#pragma unroll
+        for (int i = 0; i < kCopies; ++i) {
+            const i64 offset = offsets[this->r0 + i * kStep];
+            copy16_async(dst + i * kStep * 64, offset >= 0 ? src + offset : src, offset >= 0);
+        }
+    }
+};
+
+struct NoRowTable {};   /* dense: nothing to resolve ahead */
+
+FMHA_DEVICE const i64* k_offsets(const PagedRowTable& table, int t) { return table.k[t % PagedRowTable::kSlots]; }
+FMHA_DEVICE const i64* v_offsets(const PagedRowTable& table, int t) { return table.v[t % PagedRowTable::kSlots]; }
+FMHA_DEVICE const i64* k_offsets(const NoRowTable&, int) { return nullptr; }
+FMHA_DEVICE const i64* v_offsets(const NoRowTable&, int) { return nullptr; }
+
+template <bool Paged, int D>
+struct CopierFor { typedef DenseTileCopier<D> type; };
+template <int D>
+struct CopierFor<true, D> { typedef PagedTileCopier<D> type; };
+
+template <class Copier>
+FMHA_DEVICE Copier make_copier(const InT* base, i64 row_stride, const KvSequence& kv)
+{
+    if constexpr (kPaged)
+        return Copier(base);
+    else
+        return Copier(base, row_stride, kv);
+}
 
 struct QueryRows {
     const FmhaParams& p;
@@ -123,8 +194,8 @@ struct QueryRows {
     }
 };
 
-template <bool SoftCap>
-FMHA_DEVICE void attention(const FmhaParams& p, InT* smem)
+template <bool SoftCap, class RowTable>
+FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
 {
     InT* const sq = smem;
     InT* const sk = sq + kQElems;            /* stage s at sk + s * kKElems */
@@ -143,19 +214,25 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem)
     const int m0 = (gridDim.x - 1 - blockIdx.x) * kBQ;   /* longest (causal) row tiles first */
     if (m0 >= rows) return;
 
-    const KvSequence kv = kv_sequence<false>(p, b, hk);
+    const KvSequence kv = kv_sequence<kPaged>(p, b, hk);
     const MaskSpec mask = mask_for_kv_head(p, hk, seqlen_q, kv.length);
     const KeyTiles<kBK> tiles(mask, m0 / group, (imin(m0 + kBQ, rows) - 1) / group);
     const InT* k_base = (const InT*)p.k + b * p.k_batch_stride + hk * p.k_head_stride;
     const InT* v_base = (const InT*)p.v + b * p.v_batch_stride + hk * p.v_head_stride;
     /* Tile t's K lives in K stage t % 2, its V in V stage t % 2; tiles past the end are not fetched. */
-    const DenseTileCopier<kDq> k_copier(k_base, p.k_row_stride, kv);
-    const DenseTileCopier<kDv> v_copier(v_base, p.v_row_stride, kv);
+    typedef typename CopierFor<kPaged, kDq>::type KCopier;
+    typedef typename CopierFor<kPaged, kDv>::type VCopier;
+    const KCopier k_copier = make_copier<KCopier>(k_base, p.k_row_stride, kv);
+    const VCopier v_copier = make_copier<VCopier>(v_base, p.v_row_stride, kv);
     auto load_k = [&](int t) {
-        if (t < tiles.count) k_copier.load(sk + (t & 1) * kKElems, tiles.first_key(t));
+        if (t < tiles.count) k_copier.load(sk + (t & 1) * kKElems, tiles.first_key(t), k_offsets(row_table, t));
     };
     auto load_v = [&](int t) {
-        if (t < tiles.count) v_copier.load(sv + (t & 1) * kVElems, tiles.first_key(t));
+        if (t < tiles.count) v_copier.load(sv + (t & 1) * kVElems, tiles.first_key(t), v_offsets(row_table, t));
+    };
+    auto resolve_rows = [&](int t) {
+        if constexpr (kPaged)
+            if (t < tiles.count) row_table.resolve(t, tiles.first_key(t), p, kv);
     };
 
     /* This thread's rows: warp w of warpgroup wg holds rows 64 wg + 16 (w % 4) + g + 8 h. */
@@ -243,7 +320,12 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem)
         fmha_barrier();
     };
 
-    /* Prologue: Q and K_0, then V_0 and K_1 in flight; S_0 and its softmax. */
+    /* Prologue: the rows of tiles 0..2 resolved; Q and K_0, then V_0 and K_1 in flight; S_0 and
+       its softmax. */
+    if constexpr (kPaged) {
+        for (int t = 0; t < PagedRowTable::kSlots; ++t) resolve_rows(t);
+        fmha_barrier();
+    }
     load_tile_async<kBQ, kDq>(sq, (const InT*)p.q, QueryRows{p, b, hk, group, q_first, rows, m0});
     load_k(0);
     commit_copies();
@@ -281,10 +363,11 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem)
        peeled off: issuing S under a condition makes ptxas serialise every wgmma. */
     const int last = tiles.count - 1;
     for (int t = 0; t < last; ++t) {
-        copies_landed();   /* V_t and K_{t+1} */
+        copies_landed();   /* V_t and K_{t+1}; the rows of tile t + 2 resolved */
         load_k(t + 2);
         load_v(t + 1);
         commit_copies();
+        resolve_rows(t + 3);   /* into tile t's slot: its last copy was issued before this barrier */
         issue_qk(s, t + 1);
         issue_pv(t);
         wgmma_wait<1>();
@@ -333,12 +416,31 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem)
     }
 }
 
+/* The paged row table is static shared memory beside the dynamic tiles (kernels_wgmma counts it
+   in the fit). */
+template <bool Paged>
+static FMHA_DEVICE void attention_block(const FmhaParams& p, InT* smem)
+{
+    if constexpr (Paged) {
+        __shared__ PagedRowTable row_table;
+        attention<FMHA_SOFT_CAP != 0>(p, smem, row_table);
+    } else {
+        NoRowTable none;
+        attention<FMHA_SOFT_CAP != 0>(p, smem, none);
+    }
+}
+
 }  // namespace fmha
 
-extern "C" __global__ void __launch_bounds__(fmha::kThreads, 1) fmha_fwd_wgmma(FmhaParams p)
+/* FMHA_BLOCKS_PER_SM 2 caps registers at 128 per thread so two blocks share an SM and one's
+   softmax overlaps the other's tensor-core work (the small hdim-64 tiles). */
+#ifndef FMHA_BLOCKS_PER_SM
+#define FMHA_BLOCKS_PER_SM 1
+#endif
+extern "C" __global__ void __launch_bounds__(fmha::kThreads, FMHA_BLOCKS_PER_SM) fmha_fwd_wgmma(FmhaParams p)
 {
     /* The swizzle needs 1024-byte aligned tiles; the launch adds 1 KB of slack for this. */
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const unsigned misalign = fmha::smem_address(smem_raw) & 1023u;
-    fmha::attention<FMHA_SOFT_CAP != 0>(p, (fmha::InT*)(smem_raw + (misalign ? 1024u - misalign : 0u)));
+    fmha::attention_block<fmha::kPaged>(p, (fmha::InT*)(smem_raw + (misalign ? 1024u - misalign : 0u)));
 }

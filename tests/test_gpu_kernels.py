@@ -13,11 +13,10 @@ from fmha_bench.problem import Problem
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module", params=["dispatcher", "mma", "portable"])
+@pytest.fixture(scope="module", params=["dispatcher", "wgmma", "mma", "portable"])
 def gpu(request):
-    """Every case runs with the dispatcher's pick (the wgmma kernel on sm_90a where it applies,
-    else the mma.sync kernel), with the mma.sync kernel forced (skipped where it does not run the
-    case) and with the portable kernel forced."""
+    """Every case runs with the dispatcher's pick and with each kernel family forced: wgmma
+    (sm_90a), mma.sync, portable (skipped where the forced family does not run the case)."""
     from fmha_bench.backends import BackendUnavailable, open_backend
     try:
         backend = open_backend(0)
@@ -25,7 +24,7 @@ def gpu(request):
         pytest.skip(f"no GPU: {e}")
     from fmha_bench.providers.fmha import FmhaProvider
     provider = FmhaProvider()
-    forced = {"mma": "_mma_", "portable": "portable"}.get(request.param)   # "_mma_": not the wgmma labels
+    forced = {"wgmma": "_wgmma_", "mma": "_mma_", "portable": "portable"}.get(request.param)   # "_mma_": not wgmma
     if forced:
         provider.force_kernel(forced)
     return backend, backend.device_info(), provider
