@@ -3,8 +3,9 @@ chose from (for `--all-instances`).
 
 Candidates, in preference order: the Hopper wgmma kernel's tiles (kernels_wgmma; sm_90a, dense,
 fp16/bf16, one split), the mma.sync kernel's tiles (kernels_mma; NVIDIA sm_80+, fp16/bf16, one
-split) with the arch's default tile first (decode-like points: the smallest row tile first),
-then the portable kernel (kernels),
+split) with the arch's default tile first, the AMD matrix-core kernel's tiles (kernels_mfma;
+MFMA on gfx90a/gfx942/gfx950, WMMA on gfx1100/gfx1201; compiled and CPU-emulated here, never run
+on AMD hardware) (decode-like points: the smallest row tile first), then the portable kernel (kernels),
 which runs everything the project supports. Family mla has its own tensor-core kernel
 (kernels_mla; NVIDIA sm_80+, fp16/bf16/fp8, split-KV too) first, then the portable kernel where
 that runs it. Each candidate carries a short tag (`mma-q128k64w8`, `mla-q64k32s3`,
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from typing import Union
 
-from . import kernels, kernels_mla, kernels_mma, kernels_wgmma
+from . import kernels, kernels_mfma, kernels_mla, kernels_mma, kernels_wgmma
 from .build.instance import KernelSpec
 from .problem import Problem, ProblemError
 
@@ -35,7 +36,7 @@ def candidates(problem: Problem, arch: str) -> Union[list, str]:
         return portable
     found = []
     if problem.num_splits == 1:   # the tensor-core kernels do not split K/V yet
-        for family in (kernels_wgmma.wgmma_candidates, kernels_mma.mma_candidates):
+        for family in (kernels_wgmma.wgmma_candidates, kernels_mma.mma_candidates, kernels_mfma.mfma_candidates):
             tiles = family(problem, arch)
             if not isinstance(tiles, str):
                 found += tiles
@@ -92,6 +93,8 @@ def instances_for(problems, arch_names) -> list[KernelSpec]:
 def launch_config(spec: KernelSpec, problem: Problem, num_splits: int = 1) -> tuple[tuple, tuple, int]:
     if spec.source == kernels_wgmma.WGMMA_SOURCE:
         return kernels_wgmma.wgmma_launch_config(spec, problem)
+    if spec.source == kernels_mfma.MFMA_SOURCE:
+        return kernels_mfma.mfma_launch_config(spec, problem)
     if spec.source == kernels_mma.MMA_SOURCE:
         return kernels_mma.mma_launch_config(spec, problem)
     if spec.source == kernels_mla.MLA_SOURCE:
@@ -103,5 +106,5 @@ def p_precision(spec: KernelSpec) -> str:
     """What the forward instance rounds P to before P.V (validate.tolerance_for): the tensor-core
     kernels the input type (bf16 for fp8 inputs: "input" allows fp8's coarser rounding), the
     portable kernel nothing (fp32). Split or not."""
-    tensor_core = (kernels_wgmma.WGMMA_SOURCE, kernels_mma.MMA_SOURCE, kernels_mla.MLA_SOURCE)
+    tensor_core = (kernels_wgmma.WGMMA_SOURCE, kernels_mma.MMA_SOURCE, kernels_mla.MLA_SOURCE, kernels_mfma.MFMA_SOURCE)
     return "input" if spec.source in tensor_core else "fp32"

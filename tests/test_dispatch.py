@@ -19,9 +19,15 @@ def test_ampere_has_no_wgmma_candidate():
     assert [tag for tag, _ in candidates(Problem(hdim_q=128), "sm_80")][0] == "mma-q128k64w8"
 
 
-def test_fp8_split_kv_and_amd_points_have_only_the_portable_kernel():
+def test_amd_points_prefer_the_matrix_core_kernel():
+    for arch, family in (("gfx942", "mfma"), ("gfx90a", "mfma"), ("gfx1100", "wmma"), ("gfx1201", "wmma")):
+        tags = [tag for tag, _ in candidates(Problem(), arch)]
+        assert tags[0].startswith(family) and tags[-1].startswith("portable-"), (arch, tags)
+
+
+def test_fp8_and_split_kv_points_have_only_the_portable_kernel():
     for problem, arch in [(Problem(dtype="fp8_e4m3fn"), "sm_90a"), (Problem(family="splitkv", num_splits=4), "sm_90a"),
-                          (Problem(), "gfx942")]:
+                          (Problem(family="splitkv", num_splits=4), "gfx942")]:
         found = candidates(problem, arch)
         assert [tag.split("-")[0] for tag, _ in found] == ["portable"], (problem.name(), arch)
 

@@ -1,0 +1,56 @@
+"""The AMD matrix-core kernel (kernel_src/fmha_fwd_mfma.hip) compiles for every AMD arch the
+build can target here (gfx950 needs clang >= 20), with the instruction family the dispatcher
+names for it, without register spills, and with the LDS that kernels_mfma counts. A family built
+for an arch without its instructions must not compile. Without a HIP compiler these tests skip
+(in CI, CI_REQUIRE_COMPILERS=1 turns the skip into a failure). Nothing here runs a kernel.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+
+import pytest
+from build_support import real_compiler
+
+from fmha_bench.build.arch import get_arch as build_arch
+from fmha_bench.build.compilers import CompileError
+from fmha_bench.build.elfcheck import check_code_object
+from fmha_bench.kernels_mfma import lds_bytes, mfma_candidates
+from fmha_bench.problem import Problem
+
+AMD_ARCHS = ["gfx90a", "gfx942", "gfx1100", "gfx1201"]
+REPRESENTATIVE = [
+    Problem(hdim_q=128, dtype="bf16", mask="b", lse=True),
+    Problem(family="paged", page_size=16, hdim_q=64, dtype="fp16", page_table="sglang", soft_cap=30.0, sink=True),
+]
+
+
+def _usage(remarks: str, key: str) -> int:
+    return int(re.search(rf"{re.escape(key)}: (\d+)", remarks).group(1))
+
+
+@pytest.mark.parametrize("problem", REPRESENTATIVE, ids=lambda p: p.name())
+@pytest.mark.parametrize("arch", AMD_ARCHS)
+def test_default_instance_compiles_without_spills_within_its_lds(tmp_path, arch, problem):
+    compiler = real_compiler(build_arch(arch))
+    tag, spec = mfma_candidates(problem, arch)[0]
+    out = tmp_path / "k.co"
+    run = subprocess.run([*compiler.command(spec, out), "-Rpass-analysis=kernel-resource-usage"],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert check_code_object(out, build_arch(arch)) is None
+    defines = dict(spec.defines)
+    tile = {"block_k": int(defines["FMHA_BLOCK_K"])}
+    assert _usage(run.stderr, "LDS Size [bytes/block]") == lds_bytes(problem.hdim_q, problem.hdim_v, tile,
+                                                                      int(defines["FMHA_STAGES"]))
+    assert _usage(run.stderr, "ScratchSize [bytes/lane]") == 0, f"{tag} spills on {arch}"
+
+
+@pytest.mark.parametrize("arch, family", [("gfx1100", "wmma_gfx12"), ("gfx1201", "mfma16"), ("gfx942", "wmma_gfx11")])
+def test_a_family_built_for_an_arch_without_its_instructions_fails(tmp_path, arch, family):
+    compiler = real_compiler(build_arch(arch))
+    _, spec = mfma_candidates(REPRESENTATIVE[0], arch)[0]
+    spec = dataclasses.replace(spec, defines=tuple({**dict(spec.defines), "FMHA_MATRIX": family}.items()))
+    with pytest.raises(CompileError, match="is not available on this arch"):
+        compiler.compile(spec, tmp_path / "k.co")
