@@ -5,8 +5,9 @@ checking code run end to end without a GPU.
 `emulated_device(run_kernel, monkeypatch)` returns the (backend, device info, FmhaProvider)
 triple the GPU tests take; `run_kernel(spec, packed FmhaParams, grid)` is test_kernels_emulated's
 `launch` fixture. Instances are not compiled for the device: "building" one records its
-KernelSpec as the code object, and loading it hands that spec to `run_kernel`. The arch is one
-without the tensor-core kernel (gfx1100), so the dispatcher picks kernels the emulation runs.
+KernelSpec as the code object, and loading it hands that spec to `run_kernel`. The provider is
+forced to the portable kernel (every arch now has a matrix-core family whose emulation is tested
+in its own files), so the launch path runs the kernels `run_kernel` knows.
 """
 from __future__ import annotations
 
@@ -103,4 +104,6 @@ def emulated_device(run_kernel, monkeypatch, tmp_path: Path):
     monkeypatch.setattr(build, "build_all", record_specs)
     monkeypatch.setattr(build, "instance_name", name)
     backend = EmulatedBackend(run_kernel)
-    return backend, backend.device_info(), FmhaProvider()
+    provider = FmhaProvider()
+    provider.force_kernel("portable")
+    return backend, backend.device_info(), provider
