@@ -44,16 +44,25 @@ def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, soft_
     return KernelSpec(source=MMA_SOURCE, entry=MMA_ENTRY, defines=defines, arch=arch, label=label)
 
 
+def tensor_core_refusal(problem: Problem, arch_spec: dict, feature: str, name: str) -> str | None:
+    """Why an NVIDIA tensor-core kernel (the arch `feature`, shown as `name`) cannot run the
+    problem at all, before its tiles are looked at; None when it may."""
+    if feature not in arch_spec.get("features", ()):
+        return f"{arch_spec['name']} has no {name}"
+    if problem.dtype not in MMA_DTYPES:
+        return f"{problem.dtype}: the {name} kernel takes fp16/bf16"
+    if problem.softmax_scale <= 0:
+        return f"softmax scale <= 0: the {name} kernel folds a positive scale into its running max"
+    return None
+
+
 def mma_candidates(problem: Problem, arch: str) -> Union[list, str]:
     """[(tag, KernelSpec)] in the dispatcher's order for an already valid fwd/paged problem
     with one split, or the reason the tensor-core kernel cannot run it."""
     spec = archs.get_arch(arch)
-    if "mma_sync" not in spec.get("features", ()):
-        return f"{arch} has no mma.sync"
-    if problem.dtype not in MMA_DTYPES:
-        return f"{problem.dtype}: the mma.sync kernel takes fp16/bf16"
-    if problem.softmax_scale <= 0:
-        return "softmax scale <= 0: the mma.sync kernel folds a positive scale into its running max"
+    refusal = tensor_core_refusal(problem, spec, "mma_sync", "mma.sync")
+    if refusal:
+        return refusal
     tiles = archs.mma_tile_candidates(arch, problem.hdim_q, problem.hdim_v)
     if not tiles:
         return f"hdim {problem.hdim_q}/{problem.hdim_v} has no mma.sync tile"

@@ -12,10 +12,10 @@ from typing import Union
 
 from . import archs
 from .build.instance import KernelSpec
+from .kernels_mma import tensor_core_refusal
 from .problem import Problem
 
 WGMMA_SOURCE, WGMMA_ENTRY = "fmha_fwd_wgmma.hip", "fmha_fwd_wgmma"
-WGMMA_DTYPES = ("fp16", "bf16")
 BLOCK_Q, THREADS = 128, 256
 ALIGN_SLACK = 1024   # the kernel aligns its tiles to the 1024-byte swizzle atom
 
@@ -33,8 +33,7 @@ def static_shared_bytes(tile: dict, paged: bool) -> int:
 
 
 def tile_tag(tile: dict) -> str:
-    blocks = tile.get("blocks_per_sm", 1)
-    return f"wgmma-q{BLOCK_Q}k{tile['block_k']}" + (f"b{blocks}" if blocks > 1 else "")
+    return f"wgmma-q{BLOCK_Q}k{tile['block_k']}"
 
 
 def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, soft_cap: bool, tile: dict) -> KernelSpec:
@@ -42,8 +41,7 @@ def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, soft_
     label = f"fwd_{kv_source}_{dtype}_{dims}{'_cap' if soft_cap else ''}_{tile_tag(tile).replace('-', '_')}"
     defines = (("FMHA_DTYPE", dtype), ("FMHA_HDIM_Q", str(hdim_q)), ("FMHA_HDIM_V", str(hdim_v)),
                ("FMHA_KV_SOURCE", kv_source), ("FMHA_BLOCK_K", str(tile["block_k"])),
-               ("FMHA_SOFT_CAP", "1" if soft_cap else "0"),
-               ("FMHA_BLOCKS_PER_SM", str(tile.get("blocks_per_sm", 1))))
+               ("FMHA_SOFT_CAP", "1" if soft_cap else "0"))
     return KernelSpec(source=WGMMA_SOURCE, entry=WGMMA_ENTRY, defines=defines, arch=arch, label=label)
 
 
@@ -51,21 +49,15 @@ def wgmma_candidates(problem: Problem, arch: str) -> Union[list, str]:
     """[(tag, KernelSpec)] in the dispatcher's order for an already valid fwd problem with one
     split, or the reason the wgmma kernel cannot run it."""
     spec = archs.get_arch(arch)
-    if "wgmma" not in spec.get("features", ()):
-        return f"{arch} has no wgmma"
-    if problem.dtype not in WGMMA_DTYPES:
-        return f"{problem.dtype}: the wgmma kernel takes fp16/bf16"
-    if problem.softmax_scale <= 0:
-        return "softmax scale <= 0: the wgmma kernel folds a positive scale into its running max"
+    refusal = tensor_core_refusal(problem, spec, "wgmma", "wgmma")
+    if refusal:
+        return refusal
     tiles = archs.kernel_tile_candidates(arch, "wgmma", problem.hdim_q, problem.hdim_v)
     if not tiles:
         return f"hdim {problem.hdim_q}/{problem.hdim_v} has no wgmma tile"
     limit = spec.get("shared_bytes_optin", spec["shared_bytes_per_block"])
-    # Two blocks per SM (blocks_per_sm) share its shared memory: the per-block opt-in limit plus
-    # the 1 KB the hardware reserves per block is the SM's capacity.
-    fitting = [t for t in tiles
-               if t.get("blocks_per_sm", 1) * (shared_bytes(problem.hdim_q, problem.hdim_v, t)
-                                               + static_shared_bytes(t, problem.is_paged) + 1024) <= limit + 1024]
+    fitting = [t for t in tiles if shared_bytes(problem.hdim_q, problem.hdim_v, t)
+               + static_shared_bytes(t, problem.is_paged) <= limit]
     if not fitting:
         return f"hdim {problem.hdim_q}/{problem.hdim_v}: no wgmma tile fits {limit} bytes of shared memory"
     cap, kv_source = problem.soft_cap > 0, "paged" if problem.is_paged else "dense"

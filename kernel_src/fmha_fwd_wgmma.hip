@@ -432,12 +432,7 @@ static FMHA_DEVICE void attention_block(const FmhaParams& p, InT* smem)
 
 }  // namespace fmha
 
-/* FMHA_BLOCKS_PER_SM 2 caps registers at 128 per thread so two blocks share an SM and one's
-   softmax overlaps the other's tensor-core work (the small hdim-64 tiles). */
-#ifndef FMHA_BLOCKS_PER_SM
-#define FMHA_BLOCKS_PER_SM 1
-#endif
-extern "C" __global__ void __launch_bounds__(fmha::kThreads, FMHA_BLOCKS_PER_SM) fmha_fwd_wgmma(FmhaParams p)
+extern "C" __global__ void __launch_bounds__(fmha::kThreads, 1) fmha_fwd_wgmma(FmhaParams p)
 {
     /* The swizzle needs 1024-byte aligned tiles; the launch adds 1 KB of slack for this. */
     extern __shared__ __align__(1024) unsigned char smem_raw[];

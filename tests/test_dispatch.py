@@ -11,8 +11,8 @@ from fmha_bench.problem import Problem
 def test_hopper_fp16_prefill_prefers_wgmma_then_mma_sync_then_the_portable_kernel():
     found = candidates(Problem(hdim_q=128), "sm_90a")
     tags = [tag for tag, _ in found]
-    assert tags[:3] == ["wgmma-q128k128", "wgmma-q128k64", "mma-q128k64w8"] and tags[-1].startswith("portable-")
-    assert [spec.source for _, spec in found[:-1]] == [WGMMA_SOURCE] * 2 + [MMA_SOURCE] * (len(found) - 3)
+    assert tags[:2] == ["wgmma-q128k128", "mma-q128k64w8"] and tags[-1].startswith("portable-")
+    assert [spec.source for _, spec in found[:-1]] == [WGMMA_SOURCE] + [MMA_SOURCE] * (len(found) - 2)
 
 
 def test_ampere_has_no_wgmma_candidate():

@@ -89,6 +89,19 @@ def host_buffers(problem, inputs, splits: int = 1) -> dict:
     return {k: np.ascontiguousarray(v) for k, v in host.items() if v is not None}
 
 
+def host_buffers_with_nan_page(problem, inputs) -> tuple[dict, dict]:
+    """host_buffers plus their pointers; a paged point's K/V pools get a NaN page in front of
+    page 0 (pointer past it), so a kernel that reads page -1 of a table writes NaN."""
+    host = host_buffers(problem, inputs)
+    ptrs = {k: v.ctypes.data for k, v in host.items()}
+    if problem.is_paged:
+        for name in ("k", "v"):
+            pool = host[name]
+            host[name] = np.ascontiguousarray(np.concatenate([dtypes.poison((1,) + pool.shape[1:], problem.dt), pool]))
+            ptrs[name] = host[name][1:].ctypes.data
+    return host, ptrs
+
+
 def run_emulated(library: ctypes.CDLL, args: bytes, grid) -> None:
     """One launch of the library's kernel over `grid`; a kernel-side error fails the test."""
     error = ctypes.create_string_buffer(256)

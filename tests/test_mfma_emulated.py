@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from test_kernels_emulated import CXX, host_buffers, kernel_libraries, run_emulated
-from test_mma_emulated import Emulated, _assert_matches, _with_nan_page_in_front, paged
+from test_kernels_emulated import CXX, host_buffers_with_nan_page, kernel_libraries, run_emulated
+from test_mma_emulated import Emulated, _assert_matches, paged
 
 from fmha_bench import archs, dtypes
 from fmha_bench.kernels import kernel_args
@@ -53,12 +53,7 @@ def emulate(library):
             defines["FMHA_STAGES"] = str(stages)
         spec = dataclasses.replace(spec, defines=tuple(defines.items()))
         x = problem.make_inputs(seed=1)
-        host = host_buffers(problem, x)
-        ptrs = {k: v.ctypes.data for k, v in host.items()}
-        if problem.is_paged:
-            for name in ("k", "v"):
-                host[name] = _with_nan_page_in_front(host[name], problem.dt)
-                ptrs[name] = host[name][1:].ctypes.data   # page -1 is the NaN page
+        host, ptrs = host_buffers_with_nan_page(problem, x)
         grid, block, shared = mfma_launch_config(spec, problem)
         assert block == (tile["waves"] * archs.get_arch(arch)["wave_size"], 1, 1) and shared == 0
         run_emulated(library(spec), kernel_args(problem, x, ptrs, 1), grid)

@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from test_kernels_emulated import CXX, host_buffers, kernel_libraries, run_emulated
+from test_kernels_emulated import CXX, host_buffers_with_nan_page, kernel_libraries, run_emulated
 
 from fmha_bench import dtypes
 from fmha_bench.kernels import kernel_args
@@ -47,10 +47,6 @@ class Emulated:
     inputs: object
 
 
-def _with_nan_page_in_front(cache: np.ndarray, dt) -> np.ndarray:
-    return np.ascontiguousarray(np.concatenate([dtypes.poison((1,) + cache.shape[1:], dt), cache]))
-
-
 @pytest.fixture(scope="module")
 def emulate(library):
     """emulate(problem, tile) -> Emulated: one launch of the mma instance with that tile over
@@ -63,12 +59,7 @@ def emulate(library):
                    "FMHA_BLOCK_K": str(tile["block_k"]), "FMHA_WARPS": str(tile["warps"])}
         spec = dataclasses.replace(candidates[0][1], defines=tuple(defines.items()))
         x = problem.make_inputs(seed=1)
-        host = host_buffers(problem, x)
-        ptrs = {k: v.ctypes.data for k, v in host.items()}
-        if problem.is_paged:
-            for name in ("k", "v"):
-                host[name] = _with_nan_page_in_front(host[name], problem.dt)
-                ptrs[name] = host[name][1:].ctypes.data   # page -1 is the NaN page
+        host, ptrs = host_buffers_with_nan_page(problem, x)
         args = kernel_args(problem, x, ptrs, 1)
         grid, block, _ = mma_launch_config(spec, problem)
         assert block == (32 * tile["warps"], 1, 1)
