@@ -29,6 +29,11 @@ def portable_tag(spec: KernelSpec) -> str:
 
 def candidates(problem: Problem, arch: str) -> Union[list, str]:
     """[(tag, KernelSpec)] best first, or the reason no instance runs the problem."""
+    # ---- family mixed (helper "mixed"): the persistent work-list launch, then `separate` (kernels_mixed.py)
+    if problem.family == "mixed":
+        from .kernels_mixed import mixed_candidates
+        return mixed_candidates(problem, arch)
+    # ---- end family mixed
     portable = kernels.select_kernel(problem, arch)
     if problem.family == "mla":
         return _mla_candidates(problem, arch, portable)
@@ -80,6 +85,12 @@ def instances_for(problems, arch_names) -> list[KernelSpec]:
     found = {}
     for arch in arch_names:
         for problem in problems:
+            # ---- family mixed (helper "mixed"): its candidates launch more than their own spec
+            if problem.family == "mixed":
+                from .kernels_mixed import every_instance
+                found.update((spec, True) for spec in every_instance(problem, arch))
+                continue
+            # ---- end family mixed
             specs = candidates(problem, arch)
             if isinstance(specs, str):
                 continue

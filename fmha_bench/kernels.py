@@ -13,6 +13,10 @@ Append-KV (family appendkv; SPEC 7) is two launches sharing one FmhaParams too: 
 instance (kernel_src/fmha_append_kv.hip) rotates the new keys and the queries and writes the new
 K/V into the paged cache, then the forward instance of `attention_problem(problem)` attends over
 the updated cache, reading the rotated queries from a workspace (`append_workspace_bytes`).
+
+Family mixed (SPEC 9) has no portable instance: kernels_mixed.py runs it on the tensor-core
+kernel's persistent instances, whose split rows fmha_combine.hip's second entry merges
+(`merge_items_spec`), or as separate launches of the instances chosen here and in dispatch.py.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from .problem import Problem, ProblemError
 
 FWD_SOURCE, FWD_ENTRY = "fmha_fwd.hip", "fmha_fwd"
 COMBINE_SOURCE, COMBINE_ENTRY = "fmha_combine.hip", "fmha_combine"
+MERGE_ITEMS_ENTRY = "fmha_merge_items"   # the same source's merge of a persistent plan's partials (kernels_mixed)
 APPEND_SOURCE, APPEND_ENTRY = "fmha_append_kv.hip", "fmha_append_kv"
 FWD_FAMILIES = ("fwd", "paged", "splitkv", "mla")
 KV_SOURCES = ("dense", "paged")
@@ -54,11 +59,12 @@ def _fwd_spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, s
     return KernelSpec(source=FWD_SOURCE, entry=FWD_ENTRY, defines=defines, arch=arch, label=label)
 
 
-def _combine_spec(arch: str, out_dtype: str, hdim_v: int) -> KernelSpec:
-    label = f"combine_{out_dtype}_hd{hdim_v}_r{COMBINE_ROWS}t{COMBINE_THREADS}"
+def _combine_spec(arch: str, out_dtype: str, hdim_v: int, entry: str = COMBINE_ENTRY) -> KernelSpec:
+    kind = "combine" if entry == COMBINE_ENTRY else "merge_items"
+    label = f"{kind}_{out_dtype}_hd{hdim_v}_r{COMBINE_ROWS}t{COMBINE_THREADS}"
     defines = (("FMHA_OUT_DTYPE", out_dtype), ("FMHA_HDIM_V", str(hdim_v)), ("FMHA_ROWS", str(COMBINE_ROWS)),
                ("FMHA_THREADS", str(COMBINE_THREADS)))
-    return KernelSpec(source=COMBINE_SOURCE, entry=COMBINE_ENTRY, defines=defines, arch=arch, label=label)
+    return KernelSpec(source=COMBINE_SOURCE, entry=entry, defines=defines, arch=arch, label=label)
 
 
 def _append_spec(arch: str, dtype: str, hdim_q: int, hdim_v: int) -> KernelSpec:
@@ -106,11 +112,19 @@ def select_kernel(problem: Problem, arch: str) -> Union[KernelSpec, str]:
     most_splits = problem.num_splits or MAX_AUTO_SPLITS
     if _row_tiles(problem, tile["block_q"]) * most_splits > GRID_X_MAX:
         return f"row tiles x num_splits ({most_splits}) must be <= {GRID_X_MAX} (grid x)"
+    refusal = swa_heads_refusal(problem)
+    if refusal:
+        return refusal
+    kv_source = "paged" if problem.is_paged else "dense"
+    return _fwd_spec(arch, problem.dtype, problem.hdim_q, problem.hdim_v, kv_source, problem.num_splits != 1, tile)
+
+
+def swa_heads_refusal(problem: Problem) -> str | None:
+    """Why FmhaParams cannot carry the problem's sliding-window KV heads, or None."""
     swa_limit = 32 * kernel_params.SWA_HEAD_WORDS
     if problem.swa_heads and max(problem.swa_heads) >= swa_limit:
         return f"sliding-window KV heads must be < {swa_limit} (FmhaParams.swa_heads bitmask)"
-    kv_source = "paged" if problem.is_paged else "dense"
-    return _fwd_spec(arch, problem.dtype, problem.hdim_q, problem.hdim_v, kv_source, problem.num_splits != 1, tile)
+    return None
 
 
 def select_combine(problem: Problem, arch: str) -> KernelSpec | None:
@@ -119,6 +133,12 @@ def select_combine(problem: Problem, arch: str) -> KernelSpec | None:
     if problem.num_splits == 1 or not isinstance(select_kernel(problem, arch), KernelSpec):
         return None
     return _combine_spec(arch, problem.out_dt.name, problem.hdim_v)
+
+
+def merge_items_spec(problem: Problem, arch: str) -> KernelSpec:
+    """The instance of fmha_combine.hip whose fmha_merge_items merges the partials of a persistent
+    launch's split rows (family mixed, kernels_mixed.py)."""
+    return _combine_spec(arch, problem.out_dt.name, problem.hdim_v, MERGE_ITEMS_ENTRY)
 
 
 def select_append(problem: Problem, arch: str) -> KernelSpec | None:

@@ -5,9 +5,12 @@ It takes the same FmhaParams as the portable kernel (kernels.kernel_args) and th
 (tile of query rows, KV head, sequence); only the tile and the dynamic shared memory differ.
 Candidates come from the arch's `mma_tiles` in kernel_src/arch_specs.json, the default first;
 tiles whose shared memory exceeds what the arch lets a block opt in to are left out.
+`persistent_spec` turns a candidate into its persistent instance (FMHA_PERSISTENT: a fixed grid
+walking a work plan, family mixed; see kernels_mixed.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Union
 
@@ -16,6 +19,7 @@ from .build.instance import KernelSpec
 from .problem import Problem
 
 MMA_SOURCE, MMA_ENTRY = "fmha_fwd_mma.hip", "fmha_fwd_mma"
+MMA_PERSISTENT_ENTRY = "fmha_fwd_mma_persistent"
 MMA_DTYPES = ("fp16", "bf16")
 
 
@@ -77,10 +81,21 @@ def mma_candidates(problem: Problem, arch: str) -> Union[list, str]:
             for t in fitting]
 
 
-def mma_launch_config(spec: KernelSpec, problem: Problem) -> tuple[tuple, tuple, int]:
+def persistent_spec(spec: KernelSpec) -> KernelSpec:
+    """The persistent instance of a candidate: same tile and flags, entry fmha_fwd_mma_persistent."""
+    return dataclasses.replace(spec, entry=MMA_PERSISTENT_ENTRY, defines=spec.defines + (("FMHA_PERSISTENT", "1"),),
+                               label=f"{spec.label}_persistent")
+
+
+def spec_tile(spec: KernelSpec) -> dict:
+    """The tile an instance was built with (the arch_specs.json form)."""
     defines = dict(spec.defines)
-    tile = {"block_q": int(defines["FMHA_BLOCK_Q"]), "block_k": int(defines["FMHA_BLOCK_K"]),
+    return {"block_q": int(defines["FMHA_BLOCK_Q"]), "block_k": int(defines["FMHA_BLOCK_K"]),
             "warps": int(defines["FMHA_WARPS"])}
+
+
+def mma_launch_config(spec: KernelSpec, problem: Problem) -> tuple[tuple, tuple, int]:
+    tile = spec_tile(spec)
     rows = max(problem.seqlens_q()) * problem.group_size
     grid = (max(1, math.ceil(rows / tile["block_q"])), problem.nhead_k, problem.batch)
     return grid, (32 * tile["warps"], 1, 1), shared_bytes(problem.hdim_q, problem.hdim_v, tile)

@@ -5,8 +5,18 @@
 
    Compile-time specialisation (-D): FMHA_DTYPE fp16 | bf16, FMHA_HDIM_Q, FMHA_HDIM_V (multiples
    of 16, >= 64), FMHA_KV_SOURCE dense | paged, FMHA_BLOCK_Q, FMHA_BLOCK_K, FMHA_WARPS,
-   FMHA_SOFT_CAP 0 | 1 (the tanh path; the cap itself is a run-time field). Also builds for the
-   CPU emulation (-DFMHA_CPU_EMULATION, tests/test_mma_emulated.py).
+   FMHA_SOFT_CAP 0 | 1 (the tanh path; the cap itself is a run-time field), optional
+   FMHA_PERSISTENT 0 | 1 (below). Also builds for the CPU emulation (-DFMHA_CPU_EMULATION,
+   tests/test_mma_emulated.py, tests/test_mixed_emulated.py).
+
+   One block's attention is a work item (fmha_work_plan.h): rows [row_begin, row_end) of one
+   (sequence, KV head), keys [key_begin, key_end), final output or an fp32 partial slot.
+   - FMHA_PERSISTENT 0, entry fmha_fwd_mma(FmhaParams): the grid above, block = one item with
+     every key and the final output.
+   - FMHA_PERSISTENT 1, entry fmha_fwd_mma_persistent(FmhaMixedArgs): a fixed grid whose block x
+     runs the items the plan gives it (family mixed: prefill and decode requests in one launch,
+     SPEC 9); items whose rows were split over key chunks write partials (no sink) that
+     fmha_combine.hip's fmha_merge_items combines. Partial writes exist only in these instances.
 
    Algorithm (FlashAttention-2 style):
    - Each warp owns BLOCK_Q / WARPS query rows (16 or 32: one or two m16 tiles) for the whole key
@@ -31,6 +41,11 @@
 #include "fmha_params.h"
 #include "fmha_fwd_common.h"
 #include "fmha_mma_sync.h"
+#include "fmha_work_plan.h"
+
+#ifndef FMHA_PERSISTENT
+#define FMHA_PERSISTENT 0
+#endif
 
 #if !defined(FMHA_CUDA) && !defined(FMHA_CPU_EMULATION)
 #error "fmha_fwd_mma.hip uses NVIDIA mma.sync: build it for sm_80 and newer only (or -DFMHA_CPU_EMULATION for tests)"
@@ -52,6 +67,7 @@ struct kv_paged { static constexpr bool paged = true; };
 typedef FMHA_CAT(mma_, FMHA_DTYPE) Mma;
 typedef unsigned short InT;   /* fp16 and bf16 both travel as 16-bit patterns */
 constexpr bool kPaged = FMHA_CAT(kv_, FMHA_KV_SOURCE)::paged;
+constexpr bool kPersistent = FMHA_PERSISTENT != 0;
 
 /* ------------------------------------------------------------------ tile geometry */
 constexpr int kDq = FMHA_HDIM_Q, kDv = FMHA_HDIM_V;
@@ -134,37 +150,79 @@ struct ResolvedRows {
 
 struct NoRowTable {};   /* dense: nothing to resolve ahead */
 
+/* Keys past any sequence: an item's key_end when it takes every key (one tile index stays in int). */
+constexpr int kAllKeys = 1 << 30;
+
+/* The key tiles KeyTiles visits that lie in an item's keys [key_begin, key_end): its sink tiles,
+   then its window tiles, each range cut to the item's (plans cut keys at multiples of BLOCK_K, so
+   no tile is cut). Only persistent instances cut: elsewhere an item has every key, and the
+   arithmetic stays KeyTiles' own (no extra live register in the key loop). */
+struct ItemTiles {
+    KeyTiles<kBK> all;
+    int sink_begin, sink_count, window_begin, count;
+
+    FMHA_DEVICE ItemTiles(const MaskSpec& mask, int i_first, int i_last, int key_begin, int key_end)
+        : all(mask, i_first, i_last), sink_begin(0), sink_count(all.sink_tiles), window_begin(all.window_begin),
+          count(all.count)
+    {
+        if (!kPersistent) return;
+        const int tile_begin = key_begin / kBK, tile_end = (key_end + kBK - 1) / kBK;
+        const int window_end = all.window_begin + (all.count - all.sink_tiles);
+        sink_begin = imin(tile_begin, all.sink_tiles);
+        sink_count = imax(imin(tile_end, all.sink_tiles) - sink_begin, 0);
+        window_begin = imax(all.window_begin, tile_begin);
+        count = sink_count + imax(imin(window_end, tile_end) - window_begin, 0);
+    }
+
+    FMHA_DEVICE int first_key(int t) const
+    {
+        return (t < sink_count ? sink_begin + t : window_begin + (t - sink_count)) * kBK;
+    }
+    FMHA_DEVICE bool all_visible(int j0) const { return all.all_visible(j0); }
+};
+
+/* Where a persistent item's partial goes: slot s holds rows s * kBQ .. of these. */
+struct PartialSlots {
+    float* o;     /* [slots][kBQ][kDv] */
+    float* lse;   /* [slots][kBQ] */
+};
+
+/* Query positions of sequence b: the first token's row and the count. */
+FMHA_DEVICE void query_sequence(const FmhaParams& p, int b, int& first, int& length)
+{
+    first = 0;
+    length = p.max_seqlen_q;
+    if (p.group_mode) {
+        const int* seqstart = (const int*)p.seqstart_q;
+        first = seqstart[b];
+        length = seqstart[b + 1] - first;
+    }
+}
+
 }  // namespace fmha
 
 namespace fmha {
 
-/* One block's attention. SoftCap is an instance flag (FMHA_SOFT_CAP) so the common path carries
-   no tanh code and no registers for it. RowTable: PagedRows in shared memory, or NoRowTable. */
+/* One work item's attention (rows of one (sequence, KV head) of a query sequence starting at row
+   q_first with seqlen_q positions). SoftCap is an instance flag (FMHA_SOFT_CAP) so the common path
+   carries no tanh code and no registers for it. RowTable: PagedRows in shared memory, or NoRowTable. */
 template <bool SoftCap, class RowTable>
-FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
+FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_first, int seqlen_q,
+                           const PartialSlots& partials, InT* smem, RowTable& row_table)
 {
     InT* const sq = smem;
     InT* const sk = sq + kQElems;            /* stage s at sk + s * kKElems */
     InT* const sv = sk + 2 * kKElems;        /* stage s at sv + s * kVElems */
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-    const int b = blockIdx.z, hk = blockIdx.y;
+    const int b = item.seq, hk = item.kv_head;
     const int group = p.nhead_q / p.nhead_k;
-    int q_first = 0, seqlen_q = p.max_seqlen_q;
-    if (p.group_mode) {
-        const int* seqstart = (const int*)p.seqstart_q;
-        q_first = seqstart[b];
-        seqlen_q = seqstart[b + 1] - q_first;
-    }
-    const int rows = seqlen_q * group;
-    /* Last row tiles first: under a causal mask they see the most keys, and starting the longest
-       blocks first shortens the tail of the grid. */
-    const int m0 = (gridDim.x - 1 - blockIdx.x) * kBQ;
-    if (m0 >= rows) return;   /* uniform over the block */
+    const int m0 = item.row_begin, row_end = item.row_end;
+    const bool partial = kPersistent && item.slot >= 0;   /* uniform over the block */
 
     const KvSequence kv = kv_sequence<kPaged>(p, b, hk);
     const MaskSpec mask = mask_for_kv_head(p, hk, seqlen_q, kv.length);
-    const KeyTiles<kBK> tiles(mask, m0 / group, (imin(m0 + kBQ, rows) - 1) / group);
+    const ItemTiles tiles(mask, m0 / group, (imin(m0 + kBQ, row_end) - 1) / group, item.key_begin, item.key_end);
     const InT* k_base = (const InT*)p.k + b * p.k_batch_stride + hk * p.k_head_stride;
     const InT* v_base = (const InT*)p.v + b * p.v_batch_stride + hk * p.v_head_stride;
     auto load_tile = [&](int t, int stage) {
@@ -185,7 +243,7 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
         const InT* q = (const InT*)p.q;
         for (int c = tid; c < kBQ * kChunks; c += kThreads) {
             const int r = c / kChunks, chunk = c % kChunks, m = m0 + r;
-            const bool present = m < rows;
+            const bool present = m < row_end;
             const InT* src = q;
             if (present) {
                 const int h = hk * group + m % group;
@@ -214,7 +272,7 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const int m = m0 + warp_row0 + mt * 16 + g + 8 * h;
-            mask.bounds(imin(m, rows - 1) / group, row_lo[mt][h], row_hi[mt][h], row_sink[mt][h]);
+            mask.bounds(imin(m, row_end - 1) / group, row_lo[mt][h], row_hi[mt][h], row_sink[mt][h]);
             row_max[mt][h] = -FMHA_INF;
             row_sum[mt][h] = 0.f;
         }
@@ -357,7 +415,7 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
     }
     wait_copies<0>();     /* no tile at all: the Q copy group is still retired before exit */
 
-    /* Sink, normalisation, LSE, O. */
+    /* Sink (not in a partial: the merge adds it once), normalisation, LSE, O. */
     const float* sinks = (const float*)p.sink_logits;
     float* lse = (float*)p.lse;
     unsigned short* o = (unsigned short*)p.o;
@@ -369,20 +427,30 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
             sum += fmha_shfl_xor(sum, 1);
             sum += fmha_shfl_xor(sum, 2);
             const int m = m0 + warp_row0 + mt * 16 + g + 8 * h;
-            if (m >= rows) continue;
+            if (m >= row_end) continue;
             const int head = hk * group + m % group;
             const float row_m = row_max[mt][h] * mul;   /* base 2 */
             float top = row_m;
-            if (p.has_sink) {
+            if (p.has_sink && !partial) {
                 const float sink = sinks[head] * FMHA_LOG2E;
                 top = fmaxf(row_m, sink);
                 sum = (row_m == -FMHA_INF ? 0.f : sum * exp2_approx(row_m - top)) + exp2_approx(sink - top);
             }
             const float f = row_m == -FMHA_INF ? 0.f : exp2_approx(row_m - top) / sum * p.v_descale;
+            const float row_lse = sum > 0.f ? (top + log2f(sum)) * FMHA_LN2 : -FMHA_INF;
+            if (partial) {
+                const i64 at = (i64)item.slot * kBQ + (m - m0);
+                if (lane % 4 == 0) partials.lse[at] = row_lse;
+                float* dst = partials.o + at * kDv + quad_col;
+#pragma unroll
+                for (int dt = 0; dt < kDT; ++dt) {
+                    dst[dt * 8] = acc[mt][dt][2 * h] * f;
+                    dst[dt * 8 + 1] = acc[mt][dt][2 * h + 1] * f;
+                }
+                continue;
+            }
             const i64 token = q_first + m / group;
-            if (p.has_lse && lane % 4 == 0)
-                lse[b * p.lse_batch_stride + head * p.lse_head_stride + token] =
-                    sum > 0.f ? (top + log2f(sum)) * FMHA_LN2 : -FMHA_INF;
+            if (p.has_lse && lane % 4 == 0) lse[b * p.lse_batch_stride + head * p.lse_head_stride + token] = row_lse;
             unsigned short* dst = o + b * p.o_batch_stride + head * p.o_head_stride + token * p.o_row_stride;
 #pragma unroll
             for (int dt = 0; dt < kDT; ++dt)
@@ -394,30 +462,72 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
    size (kernels_mma.shared_bytes) stays that of the tiles. Internal linkage: under the CPU
    emulation the table is a function-local static, which the loader would otherwise merge across
    the instances a test process loads (STB_GNU_UNIQUE), whatever their BLOCK_K. */
-template <bool Paged>
-static FMHA_DEVICE void attention_block(const FmhaParams& p, InT* smem)
+template <bool Paged, class Body>
+static FMHA_DEVICE void with_row_table(const Body& body)
 {
     if constexpr (Paged) {
         __shared__ PagedRows row_table;
-        attention<FMHA_SOFT_CAP != 0>(p, smem, row_table);
+        body(row_table);
     } else {
         NoRowTable none;
-        attention<FMHA_SOFT_CAP != 0>(p, smem, none);
+        body(none);
     }
+}
+
+/* Block (x, y, z) = one item: row tile x of KV head y of sequence z, every key, final output. Last
+   row tiles first: under a causal mask they see the most keys, and starting the longest blocks
+   first shortens the tail of the grid. */
+static FMHA_DEVICE void grid_block(const FmhaParams& p, InT* smem)
+{
+    int q_first, seqlen_q;
+    query_sequence(p, blockIdx.z, q_first, seqlen_q);
+    const int rows = seqlen_q * (p.nhead_q / p.nhead_k);
+    const int m0 = (gridDim.x - 1 - blockIdx.x) * kBQ;
+    if (m0 >= rows) return;   /* uniform over the block */
+    const WorkItem item = {(int)blockIdx.z, (int)blockIdx.y, m0, rows, 0, kAllKeys, -1};
+    with_row_table<kPaged>([&](auto& row_table) {
+        attention<FMHA_SOFT_CAP != 0>(p, item, q_first, seqlen_q, PartialSlots{nullptr, nullptr}, smem, row_table);
+    });
+}
+
+/* Persistent block x: the plan's items for x, one after another. */
+static FMHA_DEVICE void persistent_block(const FmhaMixedArgs& a, InT* smem)
+{
+    const PlanView plan{(const int*)a.plan};
+    const PartialSlots partials{(float*)a.o_part, (float*)a.lse_part};
+    const int begin = plan.block_begin()[blockIdx.x], end = plan.block_begin()[blockIdx.x + 1];
+    with_row_table<kPaged>([&](auto& row_table) {
+        for (int i = begin; i < end; ++i) {
+            const WorkItem item = plan.items()[i];
+            int q_first, seqlen_q;
+            query_sequence(a.p, item.seq, q_first, seqlen_q);
+            attention<FMHA_SOFT_CAP != 0>(a.p, item, q_first, seqlen_q, partials, smem, row_table);
+            fmha_barrier();   /* the next item's loads overwrite Q, the K/V stages and the row table */
+        }
+    });
 }
 
 }  // namespace fmha
 
+/* Dynamic shared memory on the GPU; a static buffer under the CPU emulation. */
 #if defined(FMHA_CUDA)
-extern "C" __global__ void __launch_bounds__(FMHA_WARPS * 32, 1) fmha_fwd_mma(FmhaParams p)
+#define FMHA_MMA_KERNEL extern "C" __global__ void __launch_bounds__(FMHA_WARPS * 32, 1)
+#define FMHA_MMA_SMEM extern __shared__ __align__(128) fmha::InT smem[]
+#else
+#define FMHA_MMA_KERNEL extern "C" __global__ void
+#define FMHA_MMA_SMEM alignas(128) static fmha::InT smem[fmha::kSmemBytes / 2]
+#endif
+
+#if FMHA_PERSISTENT
+FMHA_MMA_KERNEL fmha_fwd_mma_persistent(FmhaMixedArgs args)
 {
-    extern __shared__ __align__(128) fmha::InT smem[];
-    fmha::attention_block<fmha::kPaged>(p, smem);
+    FMHA_MMA_SMEM;
+    fmha::persistent_block(args, smem);
 }
 #else
-extern "C" __global__ void fmha_fwd_mma(FmhaParams p)
+FMHA_MMA_KERNEL fmha_fwd_mma(FmhaParams p)
 {
-    alignas(128) static fmha::InT smem[fmha::kSmemBytes / 2];
-    fmha::attention_block<fmha::kPaged>(p, smem);
+    FMHA_MMA_SMEM;
+    fmha::grid_block(p, smem);
 }
 #endif

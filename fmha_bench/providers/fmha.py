@@ -38,7 +38,7 @@ class FmhaProvider(Provider):
         self._forced = label
 
     def _select(self, problem, arch):
-        """(the attention instance to run, None) or (None, the reason there is none)."""
+        """((tag, the attention instance to run), None) or (None, the reason there is none)."""
         from ..dispatch import candidates
         from ..kernels import attention_problem, select_kernel
         if problem.family == "appendkv":   # the append's own limits first, then its attention's candidates
@@ -52,21 +52,25 @@ class FmhaProvider(Provider):
         if self.tag:
             found = [(tag, spec) for tag, spec in found if tag == self.tag]
             if not found:
-                return None, f"{self.tag} is not a candidate instance for this point"
+                return None, _not_a_candidate(self.tag, problem, arch)
         if self._forced:
             wanted = [(tag, spec) for tag, spec in found if self._forced in spec.label or self._forced in tag]
             if not wanted:
                 return None, f"--kernel {self._forced}: no candidate matches ({', '.join(t for t, _ in found)})"
             found = wanted
-        return found[0][1], None
+        return found[0], None
 
     def _specs(self, problem, arch) -> list:
         """The instances a point needs: its forward kernel, the combine when it may split, the
-        append for appendkv."""
+        append for appendkv; for a mixed point, those its candidate launches."""
         from ..kernels import select_append, select_combine
-        spec, _ = self._select(problem, arch)
-        if spec is None:
+        from ..kernels_mixed import candidate_instances
+        picked, _ = self._select(problem, arch)
+        if picked is None:
             return []
+        tag, spec = picked
+        if problem.family == "mixed":
+            return candidate_instances(problem, arch, tag, spec)
         companions = (select_combine(problem, arch), select_append(problem, arch))
         return [spec, *(c for c in companions if c is not None)]
 
@@ -100,19 +104,19 @@ class FmhaProvider(Provider):
     def _forward_launch(self, spec, function, problem, session, num_splits: int = 1) -> tuple:
         """(grid, block, shared bytes) of the forward instance, its shared memory allowed."""
         from ..dispatch import launch_config
-        grid, block, shared = launch_config(spec, problem, num_splits)
-        if shared > 48 * 1024:
-            session.backend.set_dynamic_shared(function, shared)
-        return grid, block, shared
+        return _allow_shared(session, function, launch_config(spec, problem, num_splits))
 
     def prepare(self, problem, session) -> Prepared:
         from ..backends.base import KernelArguments
         from ..dispatch import p_precision
         from ..kernels import combine_launch_config, kernel_args, num_splits_for, select_combine, split_workspace_bytes
         backend = session.backend
-        spec, reason = self._select(problem, session.device.arch)
-        if spec is None:
+        picked, reason = self._select(problem, session.device.arch)
+        if picked is None:
             raise RuntimeError(reason)
+        tag, spec = picked
+        if problem.family == "mixed":
+            return self._prepare_mixed(problem, session, tag, spec)
         name, function = self._function(spec, problem, session)
         if problem.family == "appendkv":
             return self._prepare_append(problem, session, spec, name, function)
@@ -151,27 +155,92 @@ class FmhaProvider(Provider):
         from ..kernels import (append_launch_config, append_workspace_bytes, attention_problem, kernel_args,
                                select_append)
         from ..dispatch import p_precision
-        from ..session import POISON_BYTE
-        backend = session.backend
         _restore_cache(session)
         append_spec = select_append(problem, session.device.arch)
         append_name, append = self._function(append_spec, problem, session)
         append_grid, append_block, append_shared = append_launch_config(append_spec, problem)
         grid, block, shared = self._forward_launch(spec, function, attention_problem(problem), session)
-        ptrs = session.ptrs()
-        for buffer, nbytes in append_workspace_bytes(problem).items():
-            workspace = session.workspace(buffer, nbytes)
-            backend.memset(workspace, POISON_BYTE)   # an earlier provider of the point may have filled it
-            ptrs[buffer] = workspace.ptr
+        ptrs = {**session.ptrs(), **_poisoned_workspaces(session, append_workspace_bytes(problem))}
         args = KernelArguments(kernel_args(problem, session.inputs, ptrs))
+        return _in_order(session, [(append, append_grid, append_block, append_shared, args),
+                                   (function, grid, block, shared, args)], [append_name, name], p_precision(spec))
 
-        def launch_append():
-            backend.launch(append, append_grid, append_block, append_shared, args)
+    def _prepare_mixed(self, problem, session, tag, spec) -> Prepared:
+        """The persistent launch and its merge, or (tag `separate`) one launch per part."""
+        from ..backends.base import KernelArguments
+        from ..dispatch import p_precision
+        from ..kernels import merge_items_spec
+        from ..kernels_mixed import (SEPARATE_TAG, merge_launch_config, mixed_args, persistent_launch_config, plan_for,
+                                     plan_workspace_bytes)
+        if tag == SEPARATE_TAG:
+            return self._prepare_separate(problem, session)
+        backend, arch, sms = session.backend, session.device.arch, session.device.sm_count
+        name, function = self._function(spec, problem, session)
+        merge_name, merge = self._function(merge_items_spec(problem, arch), problem, session)
+        grid, block, shared = _allow_shared(session, function, persistent_launch_config(spec, arch, sms))
+        plan = plan_for(problem, spec, arch, sms)
+        ptrs = {**session.ptrs(), **_poisoned_workspaces(session, plan_workspace_bytes(plan, problem.hdim_v))}
+        backend.copy_to_device(session.workspaces["plan"], plan.words())
+        args = KernelArguments(mixed_args(problem, session.inputs, ptrs))
+        return _in_order(session, [(function, grid, block, shared, args), (merge, *merge_launch_config(grid[0]), args)],
+                         [name, merge_name], p_precision(spec), [plan.summary()])
+
+    def _prepare_separate(self, problem, session) -> Prepared:
+        """Each part (decode-like requests, prefill requests) through its own pick, on one stream."""
+        from ..backends.base import KernelArguments
+        from ..dispatch import p_precision
+        from ..kernels_mixed import part_args, separate_parts
+        parts = separate_parts(problem, session.device.arch)
+        launches, names, notes = [], [], []
+        for part in parts:
+            name, function = self._function(part.spec, problem, session)   # builds as the mixed point's
+            config = self._forward_launch(part.spec, function, part.problem, session)
+            launches.append((function, *config, KernelArguments(part_args(problem, session.inputs, session.ptrs(),
+                                                                          part))))
+            names.append(name)
+            notes.append(f"separate: requests {part.first}..{part.end - 1} via {part.tag}")
+        precisions = {p_precision(part.spec) for part in parts}
+        return _in_order(session, launches, names, "input" if "input" in precisions else "fp32", notes)
+
+
+def _in_order(session, launches: list, names: list, p_precision: str, notes: list = ()) -> Prepared:
+    """Kernels launched one after another on the backend's stream, each (function, grid, block,
+    shared bytes, KernelArguments); the row names every instance (`names`) and their versions."""
+    backend = session.backend
+
+    def launch():
+        for function, grid, block, shared, args in launches:
             backend.launch(function, grid, block, shared, args)
 
-        return Prepared(launch=launch_append, kernel=f"{append_name} + {name}",
-                        kernel_version=f"{_version(append_name)}+{_version(name)}", p_precision=p_precision(spec),
-                        graph_safe=True)
+    return Prepared(launch=launch, kernel=" + ".join(names), kernel_version="+".join(map(_version, names)),
+                    p_precision=p_precision, notes=list(notes), graph_safe=True)
+
+
+def _poisoned_workspaces(session, sizes: dict) -> dict:
+    """Pointers of the session's workspaces of these sizes, poisoned now: an earlier provider of the
+    point may have filled them, and an element this one forgets to write must show."""
+    from ..session import POISON_BYTE
+    ptrs = {}
+    for name, nbytes in sizes.items():
+        workspace = session.workspace(name, nbytes)
+        session.backend.memset(workspace, POISON_BYTE)
+        ptrs[name] = workspace.ptr
+    return ptrs
+
+
+def _allow_shared(session, function, config: tuple) -> tuple:
+    """A launch's (grid, block, dynamic shared bytes), `function` allowed that much shared memory."""
+    if config[2] > 48 * 1024:
+        session.backend.set_dynamic_shared(function, config[2])
+    return config
+
+
+def _not_a_candidate(tag, problem, arch) -> str:
+    """Why candidate `tag` does not run this point."""
+    from ..kernels_mixed import SEPARATE_TAG, separate_parts
+    if problem.family == "mixed" and tag == SEPARATE_TAG:
+        return f"separate launches: {separate_parts(problem, arch)}"
+    return f"{tag} is not a candidate instance for this point"
 
 
 def _restore_cache(session) -> None:
