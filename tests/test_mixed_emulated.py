@@ -16,8 +16,8 @@ import dataclasses
 import numpy as np
 import pytest
 from emulated_backend import EmulatedBackend, emulated_device
-from test_kernels_emulated import CXX, DRIVER, host_buffers, kernel_libraries, run_emulated
-from test_mma_emulated import ONE_WARP, SMALL, Emulated, _assert_matches, _with_nan_page_in_front
+from test_kernels_emulated import CXX, DRIVER, host_buffers_with_nan_page, kernel_libraries, run_emulated
+from test_mma_emulated import ONE_WARP, SMALL, Emulated, _assert_matches
 
 from fmha_bench import dtypes
 from fmha_bench.backends.base import DeviceInfo
@@ -62,11 +62,7 @@ def emulate(libraries):
         spec = _with_tile(found[0][1], tile)
         plan = make_plan(problem, tile["block_q"], tile["block_k"], num_blocks, chunk_keys)
         x = problem.make_inputs(seed=1)
-        host = host_buffers(problem, x)
-        ptrs = {k: v.ctypes.data for k, v in host.items()}
-        for name in ("k", "v"):
-            host[name] = _with_nan_page_in_front(host[name], problem.dt)
-            ptrs[name] = host[name][1:].ctypes.data   # page -1 is the NaN page
+        host, ptrs = host_buffers_with_nan_page(problem, x)
         host["plan"] = plan.words()
         for name, nbytes in plan_workspace_bytes(plan, problem.hdim_v).items():
             if name != "plan":
