@@ -33,7 +33,8 @@ def static_shared_bytes(tile: dict, paged: bool) -> int:
 
 
 def tile_tag(tile: dict) -> str:
-    return f"wgmma-q{BLOCK_Q}k{tile['block_k']}"
+    blocks = tile.get("blocks_per_sm", 1)
+    return f"wgmma-q{BLOCK_Q}k{tile['block_k']}" + (f"b{blocks}" if blocks > 1 else "")
 
 
 def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, soft_cap: bool, tile: dict) -> KernelSpec:
@@ -41,7 +42,8 @@ def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, soft_
     label = f"fwd_{kv_source}_{dtype}_{dims}{'_cap' if soft_cap else ''}_{tile_tag(tile).replace('-', '_')}"
     defines = (("FMHA_DTYPE", dtype), ("FMHA_HDIM_Q", str(hdim_q)), ("FMHA_HDIM_V", str(hdim_v)),
                ("FMHA_KV_SOURCE", kv_source), ("FMHA_BLOCK_K", str(tile["block_k"])),
-               ("FMHA_SOFT_CAP", "1" if soft_cap else "0"))
+               ("FMHA_SOFT_CAP", "1" if soft_cap else "0"),
+               ("FMHA_BLOCKS_PER_SM", str(tile.get("blocks_per_sm", 1))))
     return KernelSpec(source=WGMMA_SOURCE, entry=WGMMA_ENTRY, defines=defines, arch=arch, label=label)
 
 
@@ -56,8 +58,11 @@ def wgmma_candidates(problem: Problem, arch: str) -> Union[list, str]:
     if not tiles:
         return f"hdim {problem.hdim_q}/{problem.hdim_v} has no wgmma tile"
     limit = spec.get("shared_bytes_optin", spec["shared_bytes_per_block"])
-    fitting = [t for t in tiles if shared_bytes(problem.hdim_q, problem.hdim_v, t)
-               + static_shared_bytes(t, problem.is_paged) <= limit]
+    # Blocks sharing an SM (blocks_per_sm) share its shared memory: the per-block opt-in limit plus
+    # the 1 KB the hardware reserves per block is the SM's capacity.
+    fitting = [t for t in tiles
+               if t.get("blocks_per_sm", 1) * (shared_bytes(problem.hdim_q, problem.hdim_v, t)
+                                               + static_shared_bytes(t, problem.is_paged) + 1024) <= limit + 1024]
     if not fitting:
         return f"hdim {problem.hdim_q}/{problem.hdim_v}: no wgmma tile fits {limit} bytes of shared memory"
     cap, kv_source = problem.soft_cap > 0, "paged" if problem.is_paged else "dense"

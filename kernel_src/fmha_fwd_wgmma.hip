@@ -163,6 +163,9 @@ struct PagedTileCopier : TileRows<D> {
 
 struct NoRowTable {};   /* dense: nothing to resolve ahead */
 
+template <bool B>
+struct Bool { static constexpr bool value = B; };   /* a compile-time flag passed to a generic lambda */
+
 FMHA_DEVICE const i64* k_offsets(const PagedRowTable& table, int t) { return table.k[t % PagedRowTable::kSlots]; }
 FMHA_DEVICE const i64* v_offsets(const PagedRowTable& table, int t) { return table.v[t % PagedRowTable::kSlots]; }
 FMHA_DEVICE const i64* k_offsets(const NoRowTable&, int) { return nullptr; }
@@ -255,21 +258,25 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
     const float cap_in = p.scale * p.q_descale * p.k_descale / cap, cap_log2 = cap * FMHA_LOG2E;
     const float mul = SoftCap ? 1.f : p.scale_log2;
 
+    /* Descriptors of k-step 0 of Q (this warpgroup's rows), K stage 0 and V stage 0, computed once:
+       the steps and stages add constant advances. */
+    const unsigned long long q_desc = kmajor_descriptor<kBQ>(sq, wg_row0, 0);
+    const unsigned long long k_desc = kmajor_descriptor<kBK>(sk, 0, 0);
+    const unsigned long long v_desc = nmajor_descriptor<kBK>(sv, 0);
+
     /* S = Q K_t^T into s: issued, not waited. */
     auto issue_qk = [&](float (&s)[kBK / 2], int t) {
-        const InT* ks = sk + (t & 1) * kKElems;
+        const unsigned long long ks = k_desc + (t & 1) * smem_advance(kKElems);
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kKS; ++kk)
-            MmaS::ss(s, kmajor_descriptor<kBQ>(sq, wg_row0, kk), kmajor_descriptor<kBK>(ks, 0, kk), kk > 0);
+            MmaS::ss(s, q_desc + kmajor_advance<kBQ>(kk), ks + kmajor_advance<kBK>(kk), kk > 0);
         wgmma_commit();
     };
     /* Soft cap, mask and online softmax of tile t: s becomes P (fp32), the running max/sum move on
        and alpha[h] is the factor O must be scaled by before P V_t. Element i of s: row
        g + 8 ((i / 2) % 2), column 8 (i / 4) + quad_col + i % 2. */
-    auto softmax = [&](float (&s)[kBK / 2], int t, float (&alpha)[2]) {
-        const int j0 = tiles.first_key(t);
-        const bool all_visible = tiles.all_visible(j0);
+    auto softmax_tile = [&](auto masked, float (&s)[kBK / 2], int j0, float (&alpha)[2]) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             float tile_max = -FMHA_INF;
@@ -279,7 +286,7 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
                 for (int e = 0; e < 2; ++e) {
                     float x = s[4 * nt + 2 * h + e];
                     if (SoftCap) x = tanhf(x * cap_in) * cap_log2;
-                    if (!all_visible && !visible(j0 + nt * 8 + quad_col + e, row_lo[h], row_hi[h], row_sink[h]))
+                    if (masked.value && !visible(j0 + nt * 8 + quad_col + e, row_lo[h], row_hi[h], row_sink[h]))
                         x = -FMHA_INF;
                     s[4 * nt + 2 * h + e] = x;
                     tile_max = fmaxf(tile_max, x);
@@ -301,6 +308,16 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
             row_sum[h] = row_sum[h] * alpha[h] + sum;
             row_max[h] = new_max;
         }
+    };
+    /* Two copies of the softmax, chosen per tile by a uniform branch: left to itself the compiler
+       predicates the element-wise mask, and the predicated-off instructions still take issue
+       slots on every tile (a quarter of the step's instructions at hdim 64). */
+    auto softmax = [&](float (&s)[kBK / 2], int t, float (&alpha)[2]) {
+        const int j0 = tiles.first_key(t);
+        if (tiles.all_visible(j0))
+            softmax_tile(Bool<false>(), s, j0, alpha);
+        else
+            softmax_tile(Bool<true>(), s, j0, alpha);
     };
     /* P rounded to the input type in the A-operand layout: P's k16 step kk is S's n8 tiles 2 kk
        and 2 kk + 1. */
@@ -350,10 +367,10 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
         for (int dt = 0; dt < kDv / 8; ++dt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[4 * dt + e] *= alpha[e / 2];
-        const InT* vs = sv + (t & 1) * kVElems;
+        const unsigned long long vs = v_desc + (t & 1) * smem_advance(kVElems);
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < kPS; ++kk) MmaO::rs(acc, pa[kk], nmajor_descriptor<kBK>(vs, kk), 1);
+        for (int kk = 0; kk < kPS; ++kk) MmaO::rs(acc, pa[kk], vs + nmajor_advance(kk), 1);
         wgmma_commit();
     };
 
@@ -432,7 +449,12 @@ static FMHA_DEVICE void attention_block(const FmhaParams& p, InT* smem)
 
 }  // namespace fmha
 
-extern "C" __global__ void __launch_bounds__(fmha::kThreads, 1) fmha_fwd_wgmma(FmhaParams p)
+/* FMHA_BLOCKS_PER_SM 2 caps registers at 128 per thread so two blocks share an SM: at hdim 64 a
+   step's softmax is a short dependent chain that one block's two warps per scheduler cannot hide. */
+#ifndef FMHA_BLOCKS_PER_SM
+#define FMHA_BLOCKS_PER_SM 1
+#endif
+extern "C" __global__ void __launch_bounds__(fmha::kThreads, FMHA_BLOCKS_PER_SM) fmha_fwd_wgmma(FmhaParams p)
 {
     /* The swizzle needs 1024-byte aligned tiles; the launch adds 1 KB of slack for this. */
     extern __shared__ __align__(1024) unsigned char smem_raw[];

@@ -37,18 +37,27 @@ FMHA_DEVICE unsigned long long wgmma_descriptor(const void* smem, unsigned lbo_b
            ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
 }
 
+/* Descriptor advances, in the 16-byte units of the start-address field: adding one to a
+   descriptor moves its operand without recomputing it (the field cannot carry over: shared
+   memory is < 256 KB). K-major k-step s: 64-wide block s / 4, 32 bytes per step inside it;
+   N-major k-step s: 16 rows of 128 bytes. */
+template <int Rows>
+FMHA_DEVICE constexpr unsigned kmajor_advance(int s) { return ((s >> 2) * Rows * 128 + (s & 3) * 32) >> 4; }
+FMHA_DEVICE constexpr unsigned nmajor_advance(int s) { return (s * 16 * 128) >> 4; }
+FMHA_DEVICE constexpr unsigned smem_advance(int elements16) { return (elements16 * 2) >> 4; }
+
 /* K-major operand of `Rows` rows (from `first_row`, a multiple of 8), k-step s. */
 template <int Rows>
 FMHA_DEVICE unsigned long long kmajor_descriptor(const unsigned short* tile, int first_row, int s)
 {
-    return wgmma_descriptor(tile + (s >> 2) * (Rows * 64) + first_row * 64 + (s & 3) * 16, 16);
+    return wgmma_descriptor(tile + first_row * 64, 16) + kmajor_advance<Rows>(s);
 }
 
 /* N-major operand of `Rows` K-rows, k-step s (rows 16 s .. 16 s + 15), all N blocks. */
 template <int Rows>
 FMHA_DEVICE unsigned long long nmajor_descriptor(const unsigned short* tile, int s)
 {
-    return wgmma_descriptor(tile + s * 16 * 64, Rows * 128);
+    return wgmma_descriptor(tile, Rows * 128) + nmajor_advance(s);
 }
 
 /* wgmma ordering: fence before a batch that reads registers other instructions wrote; commit a
