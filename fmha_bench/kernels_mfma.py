@@ -3,6 +3,10 @@ gfx90a/gfx942/gfx950, WMMA on RDNA gfx11/gfx12): its candidate instances for a p
 launch shape. The kernel never ran on an AMD GPU (none is available to the project): it is
 compiled for gfx90a/gfx942/gfx1100/gfx1201 and checked on a CPU emulation of the instructions.
 
+fp8 runs on the fp8 MFMA (families mfma32_fp8 / mfma16_fp8) of the archs whose features list
+`fp8_mfma`, in that arch's own e4m3 flavour (arch_specs.json `fp8`: e4m3fnuz on gfx942, e4m3fn
+on gfx950); other fp8 problems are refused with the reason.
+
 It takes the same FmhaParams as the portable kernel (kernels.kernel_args) and the same grid
 (tile of query rows, KV head, sequence). The arch's `amd_matrix` key in kernel_src/arch_specs.json
 names its instruction family (mfma, wmma_gfx11, wmma_gfx12); its `amd_matrix_tiles` names a set
@@ -20,21 +24,41 @@ from .problem import Problem
 
 MFMA_SOURCE, MFMA_ENTRY = "fmha_fwd_mfma.hip", "fmha_fwd_mfma"
 MFMA_DTYPES = ("fp16", "bf16")
-# LDS rows are padded by these many 16-bit elements (kKRow, kVRow in fmha_fwd_mfma.hip).
-K_ROW_PAD, VT_ROW_PAD = 4, 2
+# LDS rows are padded by these many bytes (kKRow, kVRow in fmha_fwd_mfma.hip).
+K_ROW_PAD_BYTES, VT_ROW_PAD_BYTES = 8, 4
 
 
-def lds_bytes(hdim_q: int, hdim_v: int, tile: dict, stages: int) -> int:
-    """Static LDS of an instance: per stage a K tile [block_k][hdim_q + 4] and a V^T tile
-    [hdim_v][block_k + 2] of 16-bit elements."""
+def lds_bytes(hdim_q: int, hdim_v: int, tile: dict, stages: int, itemsize: int = 2) -> int:
+    """Static LDS of an instance: per stage a K tile [block_k][hdim_q] and a V^T tile
+    [hdim_v][block_k] of `itemsize`-byte elements, rows padded by 8 and 4 bytes."""
     block_k = tile["block_k"]
-    return stages * 2 * (block_k * (hdim_q + K_ROW_PAD) + hdim_v * (block_k + VT_ROW_PAD))
+    return stages * (block_k * (hdim_q * itemsize + K_ROW_PAD_BYTES) + hdim_v * (block_k * itemsize + VT_ROW_PAD_BYTES))
 
 
-def matrix_family(arch_spec: dict, tile: dict) -> str:
-    """The FMHA_MATRIX define: mfma32 / mfma16 on CDNA, the arch's WMMA flavour on RDNA."""
+def matrix_family(arch_spec: dict, tile: dict, dtype: str = "fp16") -> str:
+    """The FMHA_MATRIX define: mfma32 / mfma16 on CDNA (mfma32_fp8 / mfma16_fp8 for fp8), the
+    arch's WMMA flavour on RDNA."""
     family = arch_spec["amd_matrix"]
-    return f"mfma{tile['m']}" if family == "mfma" else family
+    if family != "mfma":
+        return family
+    return f"mfma{tile['m']}_fp8" if dtype.startswith("fp8") else f"mfma{tile['m']}"
+
+
+def _dtype_refusal(problem: Problem, arch: str, spec: dict) -> str | None:
+    """Why the kernel cannot take the problem's dtype on this arch, or None."""
+    dtype, features = problem.dtype, spec["features"]
+    if dtype in MFMA_DTYPES:
+        return None
+    if not problem.dt.is_fp8:
+        return f"{dtype}: the AMD matrix-core kernel takes fp16/bf16/fp8"
+    if "fp8_wmma" in features:
+        return (f"{dtype} on {arch} needs its fp8 WMMA, which the AMD matrix-core kernel does not implement "
+                "(its fp8 runs on the fp8 MFMA of gfx942/gfx950)")
+    if "fp8_mfma" not in features:
+        return f"{dtype}: {arch} has no fp8 matrix instruction (the kernel's fp8 needs the fp8 MFMA of gfx942/gfx950)"
+    if dtype != f"fp8_{spec['fp8']}":
+        return f"{dtype} is not {arch}'s fp8 format: its fp8 MFMA reads fp8_{spec['fp8']}"
+    return None
 
 
 def tile_tag(family: str, tile: dict, stages: int) -> str:
@@ -62,17 +86,19 @@ def mfma_candidates(problem: Problem, arch: str) -> list | str:
     spec = archs.get_arch(arch)
     if "amd_matrix" not in spec:
         return f"{arch} has no AMD matrix instructions"
-    if problem.dtype not in MFMA_DTYPES:
-        return f"{problem.dtype}: the AMD matrix-core kernel takes fp16/bf16"
+    refusal = _dtype_refusal(problem, arch, spec)
+    if refusal:
+        return refusal
     tiles = archs.kernel_tile_candidates(arch, "amd_matrix", problem.hdim_q, problem.hdim_v)
     if not tiles:
         return f"hdim {problem.hdim_q}/{problem.hdim_v} has no AMD matrix-core tile"
-    limit = spec["shared_bytes_per_block"]
+    limit, itemsize = spec["shared_bytes_per_block"], problem.dt.itemsize
     found = []
     for tile in tiles:
-        stages = next((s for s in (2, 1) if lds_bytes(problem.hdim_q, problem.hdim_v, tile, s) <= limit), None)
+        stages = next((s for s in (2, 1)
+                       if lds_bytes(problem.hdim_q, problem.hdim_v, tile, s, itemsize) <= limit), None)
         if stages is not None:
-            family = matrix_family(spec, tile)
+            family = matrix_family(spec, tile, problem.dtype)
             found.append((tile_tag(family, tile, stages), _spec(arch, family, problem, tile, stages)))
     return found or f"hdim {problem.hdim_q}/{problem.hdim_v}: no AMD matrix-core tile fits {limit} bytes of LDS"
 

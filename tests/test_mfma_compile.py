@@ -1,8 +1,10 @@
 """The AMD matrix-core kernel (kernel_src/fmha_fwd_mfma.hip) compiles for every AMD arch the
 build can target here (gfx950 needs clang >= 20), with the instruction family the dispatcher
-names for it, without register spills, and with the LDS that kernels_mfma counts. A family built
-for an arch without its instructions must not compile. Without a HIP compiler these tests skip
-(in CI, CI_REQUIRE_COMPILERS=1 turns the skip into a failure). Nothing here runs a kernel.
+names for it, without register spills, and with the LDS that kernels_mfma counts; so do its fp8
+instances (both fp8 MFMA families) for gfx942. A family built for an arch without its
+instructions must not compile, nor an fp8 instance whose format is not the arch's. Without a HIP
+compiler these tests skip (in CI, CI_REQUIRE_COMPILERS=1 turns the skip into a failure).
+Nothing here runs a kernel.
 """
 from __future__ import annotations
 
@@ -24,17 +26,18 @@ REPRESENTATIVE = [
     Problem(hdim_q=128, dtype="bf16", mask="b", lse=True),
     Problem(family="paged", page_size=16, hdim_q=64, dtype="fp16", page_table="sglang", soft_cap=30.0, sink=True),
 ]
+FP8_GFX942 = [
+    Problem(hdim_q=128, dtype="fp8_e4m3fnuz", mask="b", lse=True),
+    Problem(family="paged", page_size=16, hdim_q=64, dtype="fp8_e4m3fnuz", page_table="vllm", soft_cap=30.0, sink=True),
+]
 
 
 def _usage(remarks: str, key: str) -> int:
     return int(re.search(rf"{re.escape(key)}: (\d+)", remarks).group(1))
 
 
-@pytest.mark.parametrize("problem", REPRESENTATIVE, ids=lambda p: p.name())
-@pytest.mark.parametrize("arch", AMD_ARCHS)
-def test_default_instance_compiles_without_spills_within_its_lds(tmp_path, arch, problem):
+def _assert_compiles_without_spills_within_its_lds(tmp_path, arch: str, problem: Problem, tag: str, spec):
     compiler = real_compiler(build_arch(arch))
-    tag, spec = mfma_candidates(problem, arch)[0]
     out = tmp_path / "k.co"
     run = subprocess.run([*compiler.command(spec, out), "-Rpass-analysis=kernel-resource-usage"],
                          capture_output=True, text=True, check=False)
@@ -43,8 +46,22 @@ def test_default_instance_compiles_without_spills_within_its_lds(tmp_path, arch,
     defines = dict(spec.defines)
     tile = {"block_k": int(defines["FMHA_BLOCK_K"])}
     assert _usage(run.stderr, "LDS Size [bytes/block]") == lds_bytes(problem.hdim_q, problem.hdim_v, tile,
-                                                                      int(defines["FMHA_STAGES"]))
+                                                                      int(defines["FMHA_STAGES"]), problem.dt.itemsize)
     assert _usage(run.stderr, "ScratchSize [bytes/lane]") == 0, f"{tag} spills on {arch}"
+
+
+@pytest.mark.parametrize("problem", REPRESENTATIVE, ids=lambda p: p.name())
+@pytest.mark.parametrize("arch", AMD_ARCHS)
+def test_default_instance_compiles_without_spills_within_its_lds(tmp_path, arch, problem):
+    _assert_compiles_without_spills_within_its_lds(tmp_path, arch, problem, *mfma_candidates(problem, arch)[0])
+
+
+@pytest.mark.parametrize("family", ["mfma32_fp8", "mfma16_fp8"])
+@pytest.mark.parametrize("problem", FP8_GFX942, ids=lambda p: p.name())
+def test_fp8_instances_compile_for_gfx942_without_spills_within_their_lds(tmp_path, problem, family):
+    tag, spec = next((tag, spec) for tag, spec in mfma_candidates(problem, "gfx942")
+                     if dict(spec.defines)["FMHA_MATRIX"] == family)
+    _assert_compiles_without_spills_within_its_lds(tmp_path, "gfx942", problem, tag, spec)
 
 
 @pytest.mark.parametrize("arch, family", [("gfx1100", "wmma_gfx12"), ("gfx1201", "mfma16"), ("gfx942", "wmma_gfx11")])
@@ -53,4 +70,16 @@ def test_a_family_built_for_an_arch_without_its_instructions_fails(tmp_path, arc
     _, spec = mfma_candidates(REPRESENTATIVE[0], arch)[0]
     spec = dataclasses.replace(spec, defines=tuple({**dict(spec.defines), "FMHA_MATRIX": family}.items()))
     with pytest.raises(CompileError, match="is not available on this arch"):
+        compiler.compile(spec, tmp_path / "k.co")
+
+
+@pytest.mark.parametrize("arch, dtype, message", [
+    ("gfx942", "fp8_e4m3fn", "is not the arch's"),          # gfx942's fp8 MFMA reads e4m3fnuz
+    ("gfx90a", "fp8_e4m3fnuz", "is not available on this arch"),   # CDNA2 has no fp8 MFMA
+])
+def test_an_fp8_instance_for_an_arch_without_that_format_fails(tmp_path, arch, dtype, message):
+    compiler = real_compiler(build_arch(arch))
+    _, spec = mfma_candidates(FP8_GFX942[0], "gfx942")[0]
+    spec = dataclasses.replace(spec, arch=arch, defines=tuple({**dict(spec.defines), "FMHA_DTYPE": dtype}.items()))
+    with pytest.raises(CompileError, match=message):
         compiler.compile(spec, tmp_path / "k.co")

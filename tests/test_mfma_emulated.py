@@ -7,11 +7,16 @@ They check each family's fragment loads, the transposed products (S^T = K Q^T, O
 the C -> B reuse of P^T, the cross-lane softmax, masks, GQA, varlen, paged tables (NaN page in
 front of the pool: a -1 entry read shows up as NaN), LSE, sink and soft cap. Tiles are small
 (one or two waves) so the emulation stays fast and tiny problems still span several tiles.
+
+fp8 (the fp8 MFMA families on gfx942 e4m3fnuz and gfx950 e4m3fn) is judged per element against
+the dequantised reference with P in fp32 (SPEC 5), within the error that rounding P to e4m3
+can add (see _assert_fp8_matches): sharper than the runner's bound, which it implies.
 """
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 from test_kernels_emulated import CXX, host_buffers_with_nan_page, kernel_libraries, run_emulated
 from test_mma_emulated import Emulated, _assert_matches, paged
@@ -20,6 +25,7 @@ from fmha_bench import archs, dtypes
 from fmha_bench.kernels import kernel_args
 from fmha_bench.kernels_mfma import matrix_family, mfma_candidates, mfma_launch_config
 from fmha_bench.problem import Problem
+from fmha_bench.reference import attention
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="needs g++ (C++20) to build the CPU emulation")
 
@@ -48,7 +54,8 @@ def emulate(library):
         assert not isinstance(candidates, str), candidates
         spec = candidates[0][1]
         defines = {**dict(spec.defines), "FMHA_BLOCK_Q": str(tile["block_q"]), "FMHA_BLOCK_K": str(tile["block_k"]),
-                   "FMHA_WAVES": str(tile["waves"]), "FMHA_MATRIX": matrix_family(archs.get_arch(arch), tile)}
+                   "FMHA_WAVES": str(tile["waves"]),
+                   "FMHA_MATRIX": matrix_family(archs.get_arch(arch), tile, problem.dtype)}
         if stages is not None:
             defines["FMHA_STAGES"] = str(stages)
         spec = dataclasses.replace(spec, defines=tuple(defines.items()))
@@ -129,3 +136,73 @@ def test_shipped_default_tile_on_a_decode_matches_reference(emulate, arch):
                 hdim_q=128, dtype="bf16", mask="b", page_size=16, page_table="vllm", kv_layout="hnd", lse=True)
     tile = archs.kernel_tile_candidates(arch, "amd_matrix", 128, 128)[0]
     _assert_matches(p, emulate(p, arch, tile))
+
+
+# ----------------------------------------------------------------------------- fp8
+# One MFMA32 wave (a 32-key tile is two k-steps of 32x32x16) and two MFMA16 waves over 64 keys
+# (two k-steps of 16x16x32, each spanning two S^T tiles).
+FP8_TILES = {32: {"block_q": 32, "block_k": 32, "waves": 1, "m": 32},
+             16: {"block_q": 32, "block_k": 64, "waves": 2, "m": 16}}
+FP8_OF = {"gfx942": "fp8_e4m3fnuz", "gfx950": "fp8_e4m3fn"}
+P_FP8_UNIT_ROUNDOFF = 2.0 ** -4
+# P below 2^-14 (scaled into e4m3's subnormals) is off by at most 2^-18 absolute, whatever the format.
+P_FP8_SUBNORMAL_ERROR = 2.0 ** -18
+
+
+def _assert_fp8_matches(problem: Problem, run):
+    """Per element: |O - O_ref| <= 2^-4 (P|V|) + Sk 2^-18 max|V| + bf16 rounding of O, where
+    O_ref is the dequantised reference with P in fp32 and P|V| the same reference run on |V|:
+    the kernel rounds each P (relative to its running max, <= 1) to e4m3 once, so each term
+    p_j v_j / l moves by at most 2^-4 p_j |v_j| / l, plus the subnormal floor."""
+    x, v = run.inputs, run.inputs.decoded("v")
+    ref = attention(problem, x)
+    p_abs_v = attention(problem, dataclasses.replace(x, v=dtypes.encode(np.abs(v), problem.dt))).o
+    floor = P_FP8_SUBNORMAL_ERROR * max(problem.seqlens_k()) * float(np.abs(v[np.isfinite(v)]).max()) * x.v_descale
+    bound = P_FP8_UNIT_ROUNDOFF * p_abs_v + problem.out_dt.eps * np.abs(ref.o) + floor + 1e-6
+    assert not np.isnan(run.o).any(), "unwritten or NaN output elements (a poisoned slot was read?)"
+    error = np.abs(run.o - ref.o)
+    assert (error <= bound).all(), f"{(error > bound).sum()} of {error.size} off, worst {(error / bound).max():.2f}x"
+    if problem.lse:
+        np.testing.assert_array_equal(np.isinf(run.lse), np.isinf(ref.lse))
+        np.testing.assert_allclose(run.lse, ref.lse, atol=1e-4, rtol=0)
+    else:
+        assert np.isnan(run.lse).all(), "LSE written although the problem asks for none"
+
+
+def _fp8(arch: str, **fields) -> Problem:
+    return Problem(**{**fields, "dtype": FP8_OF[arch]})
+
+
+@pytest.mark.parametrize("arch, m, problem", [
+    ("gfx942", 32, _fp8("gfx942", batch=2, seqlen_q=37, seqlen_k=70, nhead_q=4, nhead_k=2, hdim_q=64, mask="b",
+                        lse=True, sink=True)),
+    ("gfx942", 16, _fp8("gfx942", batch=1, seqlen_q=40, seqlen_k=90, nhead_q=8, nhead_k=1, hdim_q=128,
+                        mask="t:3,5")),
+    ("gfx950", 32, _fp8("gfx950", batch=1, seqlen_q=45, seqlen_k=20, nhead_q=2, hdim_q=64, mask="b", lse=True)),
+    ("gfx950", 16, _fp8("gfx950", batch=1, seqlen_q=30, seqlen_k=75, nhead_q=4, nhead_k=2, hdim_q=128, hdim_v=64,
+                        mask="xb:20", soft_cap=5.0, lse=True)),
+], ids=lambda x: x.name() if isinstance(x, Problem) else str(x))
+def test_fp8_dense_masks_gqa_and_head_dims_match_the_dequantized_reference(emulate, arch, m, problem):
+    """Causal GQA with a sink, a window, Sq > Sk (rows that see nothing), Dv != Dq with soft cap:
+    Q K^T and P V both on the fp8 MFMA, descales applied."""
+    _assert_fp8_matches(problem, emulate(problem, arch, FP8_TILES[m]))
+
+
+@pytest.mark.parametrize("arch, m, problem", [
+    ("gfx942", 16, _fp8("gfx942", mode="group", batch=4, seqlen_q=[19, 0, 1, 33], seqlen_k=[30, 0, 1, 70],
+                        nhead_q=4, nhead_k=2, hdim_q=64, mask="b", lse=True, sink=True)),
+    ("gfx942", 32, paged(page_size=16, page_table="sglang", kv_layout="hnd", hdim_q=128, mask="b:9,0,2",
+                         dtype="fp8_e4m3fnuz")),
+    ("gfx950", 16, paged(page_size=5, page_table="vllm", kv_layout="nhd", dtype="fp8_e4m3fn")),
+], ids=lambda x: f"{x.name()} {x.kv_layout}" if isinstance(x, Problem) else str(x))
+def test_fp8_varlen_and_paged_match_the_dequantized_reference(emulate, arch, m, problem):
+    """Empty sequences; part-filled last pages and NaN slots around them (fp8 NaN codes)."""
+    _assert_fp8_matches(problem, emulate(problem, arch, FP8_TILES[m]))
+
+
+@pytest.mark.parametrize("arch", list(FP8_OF))
+def test_fp8_shipped_default_tile_on_a_paged_decode_matches_the_dequantized_reference(emulate, arch):
+    p = Problem(family="paged", mode="group", batch=2, seqlen_q=[1, 2], seqlen_k=[200, 77], nhead_q=8, nhead_k=2,
+                hdim_q=128, dtype=FP8_OF[arch], mask="b", page_size=16, page_table="vllm", kv_layout="hnd", lse=True)
+    tile = archs.kernel_tile_candidates(arch, "amd_matrix", 128, 128)[0]
+    _assert_fp8_matches(p, emulate(p, arch, tile))
