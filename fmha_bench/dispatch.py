@@ -108,14 +108,14 @@ def launch_config(spec: KernelSpec, problem: Problem, num_splits: int = 1) -> tu
         return kernels_mfma.mfma_launch_config(spec, problem)
     if spec.source == kernels_mma.MMA_SOURCE:
         return kernels_mma.mma_launch_config(spec, problem)
-    if spec.source == kernels_mla.MLA_SOURCE:
+    if spec.source in kernels_mla.MLA_SOURCES:
         return kernels_mla.mla_launch_config(spec, problem, num_splits)
     return kernels.launch_config(spec, problem, num_splits)
 
 
 def p_precision(spec: KernelSpec) -> str:
     """What the forward instance rounds P to before P.V (validate.tolerance_for): the tensor-core
-    kernels the input type (bf16 for fp8 inputs: "input" allows fp8's coarser rounding), the
-    portable kernel nothing (fp32). Split or not."""
-    tensor_core = (kernels_wgmma.WGMMA_SOURCE, kernels_mma.MMA_SOURCE, kernels_mla.MLA_SOURCE, kernels_mfma.MFMA_SOURCE)
+    kernels the input type (a 16-bit type for fp8 inputs: "input" allows fp8's coarser rounding),
+    the portable kernel nothing (fp32). Split or not."""
+    tensor_core = (kernels_wgmma.WGMMA_SOURCE, kernels_mma.MMA_SOURCE, *kernels_mla.MLA_SOURCES, kernels_mfma.MFMA_SOURCE)
     return "input" if spec.source in tensor_core else "fp32"

@@ -48,13 +48,14 @@ def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, soft_
     return KernelSpec(source=MMA_SOURCE, entry=MMA_ENTRY, defines=defines, arch=arch, label=label)
 
 
-def tensor_core_refusal(problem: Problem, arch_spec: dict, feature: str, name: str) -> str | None:
-    """Why an NVIDIA tensor-core kernel (the arch `feature`, shown as `name`) cannot run the
-    problem at all, before its tiles are looked at; None when it may."""
+def tensor_core_refusal(problem: Problem, arch_spec: dict, feature: str, name: str,
+                        dtypes: tuple = MMA_DTYPES) -> str | None:
+    """Why an NVIDIA tensor-core kernel (the arch `feature`, shown as `name`, taking `dtypes`)
+    cannot run the problem at all, before its tiles are looked at; None when it may."""
     if feature not in arch_spec.get("features", ()):
         return f"{arch_spec['name']} has no {name}"
-    if problem.dtype not in MMA_DTYPES:
-        return f"{problem.dtype}: the {name} kernel takes fp16/bf16"
+    if problem.dtype not in dtypes:
+        return f"{problem.dtype}: the {name} kernel takes {'/'.join(dtypes)}"
     if problem.softmax_scale <= 0:
         return f"softmax scale <= 0: the {name} kernel folds a positive scale into its running max"
     return None

@@ -1,9 +1,11 @@
 """Host side of the Hopper tensor-core forward kernel (kernel_src/fmha_fwd_wgmma.hip: wgmma,
-sm_90a only; dense or paged K/V): its candidate instances for a problem and its launch shape.
+sm_90a only; dense or paged K/V; fp16, bf16, fp8 e4m3fn): its candidate instances for a problem
+and its launch shape.
 
 Same FmhaParams (kernels.kernel_args) and grid (tile of query rows, KV head, sequence) as the
 other forward kernels; 128 query rows (two warpgroups) per block. Candidates come from the
-arch's `wgmma_tiles` in kernel_src/arch_specs.json, the default first.
+arch's `wgmma_tiles` in kernel_src/arch_specs.json, the default first; a tile serves the dtypes
+its `dtypes` list names (fp16 and bf16 when it names none).
 """
 from __future__ import annotations
 
@@ -16,14 +18,24 @@ from .kernels_mma import tensor_core_refusal
 from .problem import Problem
 
 WGMMA_SOURCE, WGMMA_ENTRY = "fmha_fwd_wgmma.hip", "fmha_fwd_wgmma"
+WGMMA_DTYPES = ("fp16", "bf16", "fp8_e4m3fn")   # e4m3fnuz is AMD's
+TILE_DTYPES = ("fp16", "bf16")                   # a tile without a `dtypes` list
 BLOCK_Q, THREADS = 128, 256
 ALIGN_SLACK = 1024   # the kernel aligns its tiles to the 1024-byte swizzle atom
 
 
-def shared_bytes(hdim_q: int, hdim_v: int, tile: dict) -> int:
-    """Dynamic shared memory: Q tile plus two stages of K and V tiles, 16-bit elements, plus the
-    alignment slack."""
-    return 2 * (BLOCK_Q * hdim_q + 2 * tile["block_k"] * (hdim_q + hdim_v)) + ALIGN_SLACK
+def _line_bytes(values: int, itemsize: int) -> int:
+    """A swizzled row: whole 128-byte lines."""
+    return -(-values * itemsize // 128) * 128
+
+
+def shared_bytes(hdim_q: int, hdim_v: int, tile: dict, dtype: str = "fp16") -> int:
+    """Dynamic shared memory (kSmemBytes in the kernel) plus the alignment slack: the Q tile and
+    two stages of K and V tiles, rows in whole 128-byte lines; fp8 adds V^T (both stages)."""
+    itemsize, block_k = (1 if dtype.startswith("fp8") else 2), tile["block_k"]
+    q_k = (BLOCK_Q + 2 * block_k) * _line_bytes(hdim_q, itemsize)
+    v = 2 * block_k * _line_bytes(hdim_v, itemsize) + (hdim_v * 2 * block_k if itemsize == 1 else 0)
+    return q_k + v + ALIGN_SLACK
 
 
 def static_shared_bytes(tile: dict, paged: bool) -> int:
@@ -51,17 +63,18 @@ def wgmma_candidates(problem: Problem, arch: str) -> Union[list, str]:
     """[(tag, KernelSpec)] in the dispatcher's order for an already valid fwd problem with one
     split, or the reason the wgmma kernel cannot run it."""
     spec = archs.get_arch(arch)
-    refusal = tensor_core_refusal(problem, spec, "wgmma", "wgmma")
+    refusal = tensor_core_refusal(problem, spec, "wgmma", "wgmma", WGMMA_DTYPES)
     if refusal:
         return refusal
-    tiles = archs.kernel_tile_candidates(arch, "wgmma", problem.hdim_q, problem.hdim_v)
+    tiles = [t for t in archs.kernel_tile_candidates(arch, "wgmma", problem.hdim_q, problem.hdim_v)
+             if problem.dtype in t.get("dtypes", TILE_DTYPES)]
     if not tiles:
-        return f"hdim {problem.hdim_q}/{problem.hdim_v} has no wgmma tile"
+        return f"hdim {problem.hdim_q}/{problem.hdim_v} has no {problem.dtype} wgmma tile"
     limit = spec.get("shared_bytes_optin", spec["shared_bytes_per_block"])
     # Blocks sharing an SM (blocks_per_sm) share its shared memory: the per-block opt-in limit plus
     # the 1 KB the hardware reserves per block is the SM's capacity.
     fitting = [t for t in tiles
-               if t.get("blocks_per_sm", 1) * (shared_bytes(problem.hdim_q, problem.hdim_v, t)
+               if t.get("blocks_per_sm", 1) * (shared_bytes(problem.hdim_q, problem.hdim_v, t, problem.dtype)
                                                + static_shared_bytes(t, problem.is_paged) + 1024) <= limit + 1024]
     if not fitting:
         return f"hdim {problem.hdim_q}/{problem.hdim_v}: no wgmma tile fits {limit} bytes of shared memory"
@@ -75,4 +88,4 @@ def wgmma_launch_config(spec: KernelSpec, problem: Problem) -> tuple[tuple, tupl
     tile = {"block_k": int(defines["FMHA_BLOCK_K"])}
     rows = max(problem.seqlens_q()) * problem.group_size
     grid = (max(1, math.ceil(rows / BLOCK_Q)), problem.nhead_k, problem.batch)
-    return grid, (THREADS, 1, 1), shared_bytes(problem.hdim_q, problem.hdim_v, tile)
+    return grid, (THREADS, 1, 1), shared_bytes(problem.hdim_q, problem.hdim_v, tile, problem.dtype)

@@ -11,6 +11,13 @@ So atol = max|V| * (u_p + 4 * 2^-24 * log2(Sk)) and rtol = 2 * u_out (a factor 2
 conversions on each side). fp8 inputs are judged against the reference computed from the
 dequantised fp8 inputs (max|V| is then the dequantised maximum). LSE: atol 1e-4 plus 1e-5
 relative (fp32 exp2/log2 arithmetic), infinities must match exactly. NaN never passes.
+
+fp8 on tensor cores (p_precision other than fp32): the hardware sums Q.K products with fewer
+significant bits than fp32 (Hopper keeps about 14 after aligning to the largest term; taken
+here as a relative error of FP8_DOT_REL = 2^-12 of the sum of |q_i k_i|, which is at most
+|q| |k|). So every logit may be off by dS = scale * 2^-12 * max|q| * max|k| (row norms, the
+caller's `qk_norm_product`): LSE gets that as extra atol, O gets 2 dS max|V| (a shift of every
+logit by at most dS moves O by at most 2 dS max|V|).
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import numpy as np
 from . import dtypes
 
 P_PRECISIONS = ("fp32", "input", "fp8")
+FP8_DOT_REL = 2.0 ** -12   # relative error of an fp8 tensor-core dot product (module docstring)
 
 
 @dataclass(frozen=True)
@@ -51,8 +59,9 @@ class Check:
         return self.mismatches == 0
 
 
-def tolerance_for(problem, v_abs_max: float, p_precision: str = "input") -> Tolerance:
-    """See the module docstring. `p_precision` is what the implementation rounds P to."""
+def tolerance_for(problem, v_abs_max: float, p_precision: str = "input", qk_norm_product: float = 0.0) -> Tolerance:
+    """See the module docstring. `p_precision` is what the implementation rounds P to;
+    `qk_norm_product` the largest dequantised |q| times the largest |k| (fp8 tensor cores)."""
     dt, out = problem.dt, problem.out_dt
     if p_precision == "fp32":
         u_p = 0.0
@@ -64,7 +73,10 @@ def tolerance_for(problem, v_abs_max: float, p_precision: str = "input") -> Tole
         raise ValueError(f"p_precision must be one of {P_PRECISIONS}")
     longest = max(problem.seqlens_k() + [1])
     accumulation = 4 * 2.0 ** -24 * math.log2(max(longest, 2))
-    return Tolerance(atol=max(v_abs_max, 1e-6) * (u_p + accumulation) + 1e-6, rtol=out.eps)  # 2 * u_out
+    logit_error = problem.softmax_scale * FP8_DOT_REL * qk_norm_product if dt.is_fp8 and p_precision != "fp32" else 0.0
+    return Tolerance(atol=max(v_abs_max, 1e-6) * (u_p + accumulation + 2 * logit_error) + 1e-6,
+                     rtol=out.eps,  # 2 * u_out
+                     lse_atol=Tolerance.lse_atol + logit_error)
 
 
 def compare(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> Check:

@@ -1,11 +1,13 @@
 /* fmha_fwd_wgmma.hip: attention forward on Hopper's warpgroup tensor cores (wgmma, sm_90a),
-   dense K/V, fp16 / bf16. Same semantics, parameters and grid as the other forward kernels
-   (fmha_fwd_mma.hip): block (x, y, z) = (tile of BLOCK_Q rows of the G = Hq/Hk query heads
-   sharing KV head y, KV head, sequence); row m <-> (query position m / G, head y*G + m % G).
+   dense or paged K/V, fp16 / bf16 / fp8 e4m3fn. Same semantics, parameters and grid as the other
+   forward kernels (fmha_fwd_mma.hip): block (x, y, z) = (tile of BLOCK_Q rows of the G = Hq/Hk
+   query heads sharing KV head y, KV head, sequence); row m <-> (query position m / G, head
+   y*G + m % G).
 
-   Compile-time specialisation (-D): FMHA_DTYPE fp16 | bf16, FMHA_HDIM_Q, FMHA_HDIM_V (multiples
-   of 64, <= 256), FMHA_BLOCK_K (64 or 128), FMHA_SOFT_CAP 0 | 1. BLOCK_Q is 128: two warpgroups
-   of 64 rows each.
+   Compile-time specialisation (-D): FMHA_DTYPE fp16 | bf16 | fp8_e4m3fn, FMHA_HDIM_Q, FMHA_HDIM_V
+   (multiples of 64, <= 256), FMHA_KV_SOURCE dense | paged, FMHA_BLOCK_K (64 or 128), FMHA_SOFT_CAP
+   0 | 1, FMHA_BLOCKS_PER_SM (1 or 2). BLOCK_Q is 128: two warpgroups of 64 rows each. Also builds
+   for the CPU emulation (-DFMHA_CPU_EMULATION, tests/test_wgmma_emulated.py).
 
    Algorithm:
    - Q, and two stages of K/V tiles, live in shared memory in the 128-byte swizzled layout that
@@ -13,23 +15,48 @@
      zero-filled.
    - S = Q K^T (m64 x BLOCK_K per warpgroup, both operands from shared memory); the online softmax
      on S's accumulator registers; O += P V with P from registers (rounded to the input type) and
-     V transposed from shared memory. Step t issues S_{t+1} and P_t V_t back to back and runs the
-     softmax of tile t + 1 while P_t V_t is still on the tensor cores (FlashAttention-3's
-     intra-warpgroup overlap); O is rescaled just before P_t V_t is issued.
+     V from shared memory. Step t issues S_{t+1} and P_t V_t back to back and runs the softmax of
+     tile t + 1 while P_t V_t is still on the tensor cores (FlashAttention-3's intra-warpgroup
+     overlap); O is rescaled just before P_t V_t is issued.
    - K and V have two stages each, fetched one step ahead: K_{t+2} and V_{t+1} are issued right
      after step t's block barrier (the only one per step), which every warpgroup reaches only
      after it retired the previous readers of those stages.
    - Masks, sinks, soft cap, LSE and the empty-row rules as fmha_fwd_mma.hip (KeyTiles skips
-     tiles nobody sees; only boundary tiles are masked element-wise). */
+     tiles nobody sees; only boundary tiles are masked element-wise).
+
+   fp8 (e4m3fn inputs, bf16 output; S carries q_descale k_descale through scale_log2, O carries
+   v_descale, as the portable kernel): wgmma m64nNk32 .e4m3 reads 8-bit operands K-major only, so
+   - S = Q K^T is as above with 1-byte values: a 128-byte line holds 128 of them, a k-step is k32.
+   - O = P V needs V^T [head dim][keys] (K-major B). V_t is cp.async'ed as stored into a staging
+     tile one step earlier than the 16-bit V (V_{t+2} at step t), and during step t, while S_{t+1}
+     and P_t V_t run, the threads transpose staged V_{t+1} into V^T stage (t+1) % 2 (VTransposer:
+     word loads, byte permutes, 16-byte stores); the next step's fence + barrier publish it.
+   - P's A fragment (m64nNk32, 8-bit A from registers; PTX ISA wgmma register fragments, the same
+     per warp as mma.m16n8k32's, CUTLASS ALayout_64x32): warp w, lane 4 g + q, register j, byte e
+     holds P[16 w + g + 8 (j % 2)][k = 4 q + 16 (j / 2) + e]. S's accumulator gives that thread
+     columns 8 n + 2 q + {0, 1} of each n8 tile n (rows g, g + 8). Rather than exchange values
+     between threads, V^T's keys are permuted within each 16-key group: MMA position
+     k = 4 q + e (bits q1 q0 e1 e0) holds key 8 e1 + 2 q + e0 (bits e1 q1 q0 e0), so byte e of
+     register j of a k32 step is S column 16 (j / 2) + 8 (e / 2) + 2 q + e % 2 of that step,
+     which this thread already holds. In a 16-byte chunk of a V^T row the keys are
+     0 1 8 9 2 3 10 11 4 5 12 13 6 7 14 15.
+   - P = 2^(S - m) lies in [0, 1]; it enters P V as P 2^8 (exact: folded into the exponent), the
+     largest power of two within e4m3fn's 448, so values down to 2^-14 keep e4m3's 4 significant
+     bits (unscaled they would go subnormal below 2^-6 and vanish below 2^-10); rounding is to
+     nearest even (cvt.rn.satfinite). The row sums l use the unrounded fp32 P (also scaled by 2^8:
+     it cancels in O / l, the sink term gets the same scale and LSE subtracts 8). */
 #include "fmha_port.h"
 #include "fmha_params.h"
 #include "fmha_fwd_common.h"
 #include "fmha_mma_sync.h"
+#if defined(FMHA_CUDA)
 #include "fmha_wgmma.h"
-
-#if !defined(FMHA_CUDA)
-#error "fmha_fwd_wgmma.hip uses Hopper's wgmma: build it for sm_90a only"
+#elif defined(FMHA_CPU_EMULATION)
+#include "fmha_wgmma_emulation.h"
+#else
+#error "fmha_fwd_wgmma.hip uses Hopper's wgmma: build it for sm_90a (or -DFMHA_CPU_EMULATION for tests)"
 #endif
+
 #if !defined(FMHA_DTYPE) || !defined(FMHA_HDIM_Q) || !defined(FMHA_HDIM_V) || !defined(FMHA_KV_SOURCE) || \
     !defined(FMHA_BLOCK_K) || !defined(FMHA_SOFT_CAP)
 #error "fmha_fwd_wgmma.hip needs -D FMHA_DTYPE, FMHA_HDIM_Q/V, FMHA_KV_SOURCE, FMHA_BLOCK_K, FMHA_SOFT_CAP"
@@ -40,62 +67,112 @@
 
 namespace fmha {
 
-typedef FMHA_CAT(mma_, FMHA_DTYPE) Pack;      /* float pair -> two 16-bit values */
-typedef FMHA_CAT(wg_, FMHA_DTYPE) WgType;
-typedef unsigned short InT;
+/* The wgmma instructions: the GPU's, or the CPU emulation's (same names). */
+#if defined(FMHA_CUDA)
+namespace wg = ::fmha;
+#else
+namespace wg = ::fmha::wgmma_emu;
+#endif
+
+/* Element types: storage, wgmma operand type, and the float-pair pack of the output (which is
+   also P's for the 16-bit types). */
+struct in_fp16 { typedef unsigned short Stored; typedef wg_fp16 Wg; typedef mma_fp16 Out; };
+struct in_bf16 { typedef unsigned short Stored; typedef wg_bf16 Wg; typedef mma_bf16 Out; };
+struct in_fp8_e4m3fn { typedef unsigned char Stored; typedef wg_e4m3 Wg; typedef mma_bf16 Out; };
+typedef FMHA_CAT(in_, FMHA_DTYPE) In;
+typedef In::Stored InT;
+typedef In::Out OutPack;
+constexpr bool kFp8 = sizeof(InT) == 1;
 struct kv_dense { static constexpr bool paged = false; };
 struct kv_paged { static constexpr bool paged = true; };
 constexpr bool kPaged = FMHA_CAT(kv_, FMHA_KV_SOURCE)::paged;
 
 constexpr int kDq = FMHA_HDIM_Q, kDv = FMHA_HDIM_V, kBK = FMHA_BLOCK_K;
 constexpr int kBQ = 128, kWarpgroups = 2, kThreads = 128 * kWarpgroups;
-constexpr int kKS = kDq / 16;   /* k16 steps of Q K^T */
-constexpr int kPS = kBK / 16;   /* k16 steps of P V */
+constexpr int kChunkValues = 16 / (int)sizeof(InT);   /* values per 16-byte chunk */
+constexpr int kStepValues = 32 / (int)sizeof(InT);    /* values per k-step (32 bytes: k16, or k32 for fp8) */
+constexpr int kKS = kDq / kStepValues;   /* k-steps of Q K^T */
+constexpr int kPS = kBK / kStepValues;   /* k-steps of P V */
+constexpr int kPScaleLog2 = kFp8 ? 8 : 0;   /* P enters P V as P 2^kPScaleLog2 (fp8: see the header) */
 static_assert(kDq % 64 == 0 && kDv % 64 == 0 && kDq <= 256 && kDv <= 256, "head dims: 64, 128, 192 or 256");
 static_assert(kBK == 64 || kBK == 128, "BLOCK_K: 64 or 128");
 
-typedef WgmmaOps<WgType, kBK> MmaS;   /* S = Q K^T: N = BLOCK_K */
-typedef WgmmaOps<WgType, kDv> MmaO;   /* O += P V: N = head dim of V */
+typedef wg::WgmmaOps<In::Wg, kBK> MmaS;   /* S = Q K^T: N = BLOCK_K */
+typedef wg::WgmmaOps<In::Wg, kDv> MmaO;   /* O += P V: N = head dim of V */
 
-/* Shared memory, in 16-bit elements, each region a whole number of 1024-byte swizzle atoms. */
-constexpr int kQElems = kBQ * kDq, kKElems = kBK * kDq, kVElems = kBK * kDv;
-constexpr int kSmemBytes = 2 * (kQElems + 2 * kKElems + 2 * kVElems);
+/* Shared memory in bytes, each region a whole number of 1024-byte swizzle atoms. A swizzled row
+   takes whole 128-byte lines (fp8 head dim 64: half a line, the rest unused). */
+template <int Values>
+constexpr int line_bytes = (Values * (int)sizeof(InT) + 127) / 128 * 128;
+constexpr int kQBytes = kBQ * line_bytes<kDq>, kKBytes = kBK * line_bytes<kDq>;
+constexpr int kVBytes = kBK * line_bytes<kDv>;      /* a V stage as loaded: the operand (16-bit), staging (fp8) */
+constexpr int kVtBytes = kFp8 ? kDv * 2 * kBK : 0;  /* fp8: V^T, both stages: [Dv][2 BK] K-major */
+constexpr int kSmemBytes = kQBytes + 2 * kKBytes + 2 * kVBytes + kVtBytes;
+static_assert(kSmemBytes + 1024 <= 227 * 1024, "with the 1 KB alignment slack, within a Hopper block's opt-in 227 KB");
 
 /* cp.async a [Rows][D] tile into its swizzled layout; rows(r, offset) says whether row r is
    present and where it starts (elements from `base`). */
 template <int Rows, int D, class RowsOf>
-FMHA_DEVICE void load_tile_async(InT* tile, const InT* base, const RowsOf& rows)
+FMHA_DEVICE void load_tile_async(unsigned char* tile, const InT* base, const RowsOf& rows)
 {
-    constexpr int kChunks = D / 8;
+    constexpr int kChunks = D / kChunkValues;
     for (int c = threadIdx.x; c < Rows * kChunks; c += kThreads) {
         const int r = c / kChunks, chunk = c % kChunks;
         i64 offset;
         const bool present = rows(r, offset);
-        copy16_async(tile + sw128<Rows>(r, chunk), present ? base + offset + chunk * 8 : base, present);
+        copy16_async(tile + sw128<Rows, 1>(r, chunk), present ? base + offset + chunk * kChunkValues : base, present);
     }
 }
 
-/* The K or V tiles of one (sequence, KV head): every thread copies the same chunk of the same
-   rows of every tile (rows r0, r0 + kStep, ...), so its shared-memory offsets are fixed and only
-   the rows' global addresses change per tile: a few instructions per 16-byte copy instead of a
-   divide, a swizzle and 64-bit row arithmetic each (which made this kernel issue-bound). kStep
-   is a multiple of 8, so every row of a thread has the same swizzle. */
+/* Which rows and 16-byte chunk of the [BLOCK_K][D] K or V tiles each thread copies: the same chunk
+   of rows r0, r0 + kStep, ... of every tile, so its shared-memory offsets are fixed (the copy i
+   lands kSmemStep bytes after copy i - 1) and only the rows' global addresses change per tile:
+   a few instructions per 16-byte copy instead of a divide, a swizzle and 64-bit row arithmetic
+   each (which made this kernel issue-bound). */
+
+/* Into the swizzled operand layout: kStep is a multiple of 8, so every row of a thread has the
+   same swizzle. */
 template <int D>
-struct TileRows {
-    static constexpr int kChunks = D / 8, kStep = kThreads / kChunks, kCopies = kBK / kStep;
+struct SwizzledRows {
+    static constexpr int kChunks = D / kChunkValues, kStep = kThreads / kChunks, kCopies = kBK / kStep;
+    static constexpr int kSmemStep = kStep * 128;
     static_assert(kThreads % kChunks == 0 && kStep % 8 == 0 && kBK % kStep == 0, "copier: tile shape");
     int r0, chunk, smem_offset;
-    FMHA_DEVICE TileRows() : r0(threadIdx.x / kChunks), chunk(threadIdx.x % kChunks)
+    FMHA_DEVICE SwizzledRows() : r0(threadIdx.x / kChunks), chunk(threadIdx.x % kChunks)
     {
-        smem_offset = sw128<kBK>(r0, chunk);
+        smem_offset = sw128<kBK, 1>(r0, chunk);
+    }
+};
+
+/* fp8 V into its staging tile [BLOCK_K][line_bytes<Dv>]: 16-byte chunk c of row r sits at chunk
+   c ^ staging_swizzle(r), the same for the 16 rows of a key group and different for the 8 (or 4,
+   spread 2 apart) groups of a tile, so VTransposer's loads (lane i reads a word of each row of
+   group i % (BLOCK_K / 16)) hit 32 different banks. Each thread copies rows of one group:
+   r0 + i kStep, kStep = 16 / kCopies. */
+constexpr int kKeyGroups = kBK / 16;
+FMHA_DEVICE int staging_swizzle(int row) { return (row / 16 * (8 / kKeyGroups)) & 7; }
+
+template <int D>
+struct StagingRows {
+    static constexpr int kChunks = D / kChunkValues, kCopies = kBK * kChunks / kThreads, kStep = 16 / kCopies;
+    static constexpr int kSmemStep = kStep * line_bytes<D>, kGroupThreads = 16 * kChunks / kCopies;
+    static_assert(kBK * kChunks % kThreads == 0 && 16 % kCopies == 0, "staging copier: tile shape");
+    int r0, chunk, smem_offset;
+    FMHA_DEVICE StagingRows()
+    {
+        const int u = threadIdx.x % kGroupThreads;
+        r0 = 16 * (threadIdx.x / kGroupThreads) + u / kChunks;
+        chunk = u % kChunks;
+        smem_offset = r0 * line_bytes<D> + ((chunk ^ staging_swizzle(r0)) << 4);
     }
 };
 
 /* Dense rows: key j of the sequence is row first_row + j. */
-template <int D>
-struct DenseTileCopier : TileRows<D> {
-    using TileRows<D>::kStep;
-    using TileRows<D>::kCopies;
+template <class Rows>
+struct DenseTileCopier : Rows {
+    using Rows::kStep;
+    using Rows::kCopies;
+    using Rows::kSmemStep;
     const InT* src;      /* row r0, this thread's chunk, of key 0 */
     i64 row_stride, step;
     int length;
@@ -103,21 +180,21 @@ struct DenseTileCopier : TileRows<D> {
     FMHA_DEVICE DenseTileCopier(const InT* base, i64 stride, const KvSequence& kv)
         : row_stride(stride), step(kStep * stride), length(kv.length)
     {
-        src = base + (kv.first_row + this->r0) * stride + this->chunk * 8;
+        src = base + (kv.first_row + this->r0) * stride + this->chunk * kChunkValues;
     }
 
-    FMHA_DEVICE void load(InT* tile, int j0, const i64* /* no row table */) const
+    FMHA_DEVICE void load(unsigned char* tile, int j0, const i64* /* no row table */) const
     {
         const InT* row = src + j0 * row_stride;
-        InT* const dst = tile + this->smem_offset;
+        unsigned char* const dst = tile + this->smem_offset;
         if (j0 + kBK <= length) {   /* no row past the end: no per-row test */
 #pragma unroll
-            for (int i = 0; i < kCopies; ++i, row += step) copy16_async(dst + i * kStep * 64, row, true);
+            for (int i = 0; i < kCopies; ++i, row += step) copy16_async(dst + i * kSmemStep, row, true);
         } else {
 #pragma unroll
             for (int i = 0; i < kCopies; ++i, row += step) {
                 const bool present = j0 + this->r0 + i * kStep < length;
-                copy16_async(dst + i * kStep * 64, present ? row : src, present);
+                copy16_async(dst + i * kSmemStep, present ? row : src, present);
             }
         }
     }
@@ -125,8 +202,8 @@ struct DenseTileCopier : TileRows<D> {
 
 /* Paged rows: a key's page costs an integer divide and a dependent page-table load, too much for
    each copy; so each tile's rows are resolved once, by one thread per row, three tiles ahead
-   into a shared table (slot t % 3 holds tile t: K_{t+2} and V_{t+1} are being read from it while
-   tile t + 3 is written), and the copies read their offsets there (-1 = absent). */
+   into a shared table (slot t % 3 holds tile t: K_{t+2} and V_{t+1}, fp8 V_{t+2}, are being read
+   from it while tile t + 3 is written), and the copies read their offsets there (-1 = absent). */
 struct PagedRowTable {
     static constexpr int kSlots = 3;
     i64 k[kSlots][kBK], v[kSlots][kBK];
@@ -142,21 +219,22 @@ struct PagedRowTable {
     }
 };
 
-template <int D>
-struct PagedTileCopier : TileRows<D> {
-    using TileRows<D>::kStep;
-    using TileRows<D>::kCopies;
+template <class Rows>
+struct PagedTileCopier : Rows {
+    using Rows::kStep;
+    using Rows::kCopies;
+    using Rows::kSmemStep;
     const InT* src;      /* the (sequence, KV head) base, this thread's chunk */
 
-    FMHA_DEVICE explicit PagedTileCopier(const InT* base) : src(base + this->chunk * 8) {}
+    FMHA_DEVICE explicit PagedTileCopier(const InT* base) : src(base + this->chunk * kChunkValues) {}
 
-    FMHA_DEVICE void load(InT* tile, int /* j0: resolved into offsets */, const i64* offsets) const
+    FMHA_DEVICE void load(unsigned char* tile, int /* j0: resolved into offsets */, const i64* offsets) const
     {
-        InT* const dst = tile + this->smem_offset;
+        unsigned char* const dst = tile + this->smem_offset;
 #pragma unroll
         for (int i = 0; i < kCopies; ++i) {
             const i64 offset = offsets[this->r0 + i * kStep];
-            copy16_async(dst + i * kStep * 64, offset >= 0 ? src + offset : src, offset >= 0);
+            copy16_async(dst + i * kSmemStep, offset >= 0 ? src + offset : src, offset >= 0);
         }
     }
 };
@@ -171,10 +249,14 @@ FMHA_DEVICE const i64* v_offsets(const PagedRowTable& table, int t) { return tab
 FMHA_DEVICE const i64* k_offsets(const NoRowTable&, int) { return nullptr; }
 FMHA_DEVICE const i64* v_offsets(const NoRowTable&, int) { return nullptr; }
 
-template <bool Paged, int D>
-struct CopierFor { typedef DenseTileCopier<D> type; };
-template <int D>
-struct CopierFor<true, D> { typedef PagedTileCopier<D> type; };
+template <bool Paged, class Rows>
+struct CopierFor { typedef DenseTileCopier<Rows> type; };
+template <class Rows>
+struct CopierFor<true, Rows> { typedef PagedTileCopier<Rows> type; };
+template <bool Fp8>
+struct VRowsFor { typedef SwizzledRows<kDv> type; };   /* 16-bit V: the N-major operand itself */
+template <>
+struct VRowsFor<true> { typedef StagingRows<kDv> type; };
 
 template <class Copier>
 FMHA_DEVICE Copier make_copier(const InT* base, i64 row_stride, const KvSequence& kv)
@@ -184,6 +266,70 @@ FMHA_DEVICE Copier make_copier(const InT* base, i64 row_stride, const KvSequence
     else
         return Copier(base, row_stride, kv);
 }
+
+/* fp8: staged V [keys][Dv] -> V^T [Dv][keys] (K-major, keys in the order of the header's
+   permutation). Lane l of warp w owns 16 keys (group c = l % G, G = BLOCK_K / 16) x 4 head dims
+   (16 h + 4 sub .. + 3, sub = l / G % 4, h = w (8 / G) + l / (4 G); a further pass, for head dim
+   256 with 128 keys, adds 8 (8 / G) to h): 16 word loads (key k of the group: its 4 dims; through
+   the staging swizzle the warp's 32 loads hit 32 banks), 32 byte permutes, 4 16-byte stores (dim
+   d, the group's chunk column of V^T row d; a quarter warp's 8 lanes write 8 different columns of
+   the swizzle). V^T stage s holds keys s BLOCK_K .. of the [Dv][2 BLOCK_K] tile: 16-key group c
+   of stage s is its chunk column s G + c. */
+struct VTransposer {
+    static constexpr int kGroups = kKeyGroups, kPerWarp = 8 / kGroups, kDimChunks = kDv / 16;
+    static constexpr int kPasses = (kDimChunks + 8 * kPerWarp - 1) / (8 * kPerWarp);
+    static constexpr int kPassDims = 128 * kPerWarp;   /* 8 kPerWarp chunks of 16 dims */
+    int first_dim, load_offset;
+    /* Per V^T stage: the byte offset of row first_dim in the group's column block, and the
+       group's chunk column ^ (first_dim % 8) in bytes. */
+    int store_base[2], store_swizzle[2];
+
+    FMHA_DEVICE VTransposer()
+    {
+        const int lane = threadIdx.x % 32, sub = lane / kGroups % 4, group = lane % kGroups;
+        const int h = threadIdx.x / 32 * kPerWarp + lane / (4 * kGroups);
+        first_dim = 16 * h + 4 * sub;
+        load_offset = 16 * group * line_bytes<kDv> + ((h ^ staging_swizzle(16 * group)) << 4) + 4 * sub;
+#pragma unroll
+        for (int stage = 0; stage < 2; ++stage) {
+            const int column = stage * kGroups + group;
+            store_base[stage] = (column >> 3) * (kDv * 128) + first_dim * 128;
+            store_swizzle[stage] = ((column & 7) ^ (first_dim & 7)) << 4;
+        }
+    }
+
+    FMHA_DEVICE void run(const unsigned char* staging, unsigned char* vt, int stage) const
+    {
+        unsigned char* const dst = vt + (stage ? store_base[1] : store_base[0]);   /* selects: no local memory */
+        const int swizzle = stage ? store_swizzle[1] : store_swizzle[0];
+#pragma unroll
+        for (int pass = 0; pass < kPasses; ++pass) {
+            if (first_dim + pass * kPassDims >= kDv) continue;   /* warp-uniform: head dims 64 leave warps idle */
+            const unsigned char* src = staging + load_offset + pass * 128 * kPerWarp;
+            unsigned w[16];
+#pragma unroll
+            for (int k = 0; k < 16; ++k) w[k] = *(const unsigned*)(src + k * line_bytes<kDv>);
+            /* out[i][m]: dim first_dim + i of keys 2m, 2m + 1, 8 + 2m, 9 + 2m (bytes 4m .. 4m + 3 of the chunk) */
+            unsigned out[4][4];
+#pragma unroll
+            for (int m = 0; m < 4; ++m) {
+                const unsigned lo = wg::byte_perm(w[2 * m], w[2 * m + 1], 0x5140);   /* dims 0, 1 of keys 2m, 2m+1 */
+                const unsigned hi = wg::byte_perm(w[2 * m], w[2 * m + 1], 0x7362);   /* dims 2, 3 */
+                const unsigned lo8 = wg::byte_perm(w[8 + 2 * m], w[9 + 2 * m], 0x5140);
+                const unsigned hi8 = wg::byte_perm(w[8 + 2 * m], w[9 + 2 * m], 0x7362);
+                out[0][m] = wg::byte_perm(lo, lo8, 0x5410);
+                out[1][m] = wg::byte_perm(lo, lo8, 0x7632);
+                out[2][m] = wg::byte_perm(hi, hi8, 0x5410);
+                out[3][m] = wg::byte_perm(hi, hi8, 0x7632);
+            }
+            /* dim first_dim + i (< 4 on from a multiple of 4): row + i, chunk column ^ (row % 8) ^ i */
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                *(uint4*)(dst + pass * kPassDims * 128 + i * 128 + (swizzle ^ (i << 4))) =
+                    uint4{out[i][0], out[i][1], out[i][2], out[i][3]};
+        }
+    }
+};
 
 struct QueryRows {
     const FmhaParams& p;
@@ -198,13 +344,14 @@ struct QueryRows {
 };
 
 template <bool SoftCap, class RowTable>
-FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
+FMHA_DEVICE void attention(const FmhaParams& p, unsigned char* smem, RowTable& row_table)
 {
-    InT* const sq = smem;
-    InT* const sk = sq + kQElems;            /* stage s at sk + s * kKElems */
-    InT* const sv = sk + 2 * kKElems;        /* stage s at sv + s * kVElems */
+    unsigned char* const sq = smem;
+    unsigned char* const sk = sq + kQBytes;     /* stage s at sk + s * kKBytes */
+    unsigned char* const sv = sk + 2 * kKBytes; /* stage s at sv + s * kVBytes (fp8: the staging tiles) */
+    unsigned char* const svt = sv + 2 * kVBytes;   /* fp8: V^T */
 
-    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wg = warp / 4;
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wg_index = warp / 4;
     const int b = blockIdx.z, hk = blockIdx.y;
     const int group = p.nhead_q / p.nhead_k;
     int q_first = 0, seqlen_q = p.max_seqlen_q;
@@ -222,25 +369,30 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
     const KeyTiles<kBK> tiles(mask, m0 / group, (imin(m0 + kBQ, rows) - 1) / group);
     const InT* k_base = (const InT*)p.k + b * p.k_batch_stride + hk * p.k_head_stride;
     const InT* v_base = (const InT*)p.v + b * p.v_batch_stride + hk * p.v_head_stride;
-    /* Tile t's K lives in K stage t % 2, its V in V stage t % 2; tiles past the end are not fetched. */
-    typedef typename CopierFor<kPaged, kDq>::type KCopier;
-    typedef typename CopierFor<kPaged, kDv>::type VCopier;
+    /* Tile t's K lives in K stage t % 2, its V in V stage t % 2 (fp8: staging and V^T stage t % 2);
+       tiles past the end are not fetched. */
+    typedef typename CopierFor<kPaged, SwizzledRows<kDq>>::type KCopier;
+    typedef typename CopierFor<kPaged, typename VRowsFor<kFp8>::type>::type VCopier;
     const KCopier k_copier = make_copier<KCopier>(k_base, p.k_row_stride, kv);
     const VCopier v_copier = make_copier<VCopier>(v_base, p.v_row_stride, kv);
     auto load_k = [&](int t) {
-        if (t < tiles.count) k_copier.load(sk + (t & 1) * kKElems, tiles.first_key(t), k_offsets(row_table, t));
+        if (t < tiles.count) k_copier.load(sk + (t & 1) * kKBytes, tiles.first_key(t), k_offsets(row_table, t));
     };
     auto load_v = [&](int t) {
-        if (t < tiles.count) v_copier.load(sv + (t & 1) * kVElems, tiles.first_key(t), v_offsets(row_table, t));
+        if (t < tiles.count) v_copier.load(sv + (t & 1) * kVBytes, tiles.first_key(t), v_offsets(row_table, t));
     };
     auto resolve_rows = [&](int t) {
         if constexpr (kPaged)
             if (t < tiles.count) row_table.resolve(t, tiles.first_key(t), p, kv);
     };
+    const VTransposer transposer;
+    auto transpose_v = [&](int t) {
+        if constexpr (kFp8) transposer.run(sv + (t & 1) * kVBytes, svt, t & 1);
+    };
 
     /* This thread's rows: warp w of warpgroup wg holds rows 64 wg + 16 (w % 4) + g + 8 h. */
     const int g = lane / 4, quad_col = 2 * (lane % 4);
-    const int wg_row0 = wg * 64, warp_row0 = wg_row0 + 16 * (warp % 4);
+    const int wg_row0 = wg_index * 64, warp_row0 = wg_row0 + 16 * (warp % 4);
     int row_lo[2], row_hi[2], row_sink[2];
     float row_max[2], row_sum[2];
 #pragma unroll
@@ -258,24 +410,24 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
     const float cap_in = p.scale * p.q_descale * p.k_descale / cap, cap_log2 = cap * FMHA_LOG2E;
     const float mul = SoftCap ? 1.f : p.scale_log2;
 
-    /* Descriptors of k-step 0 of Q (this warpgroup's rows), K stage 0 and V stage 0, computed once:
-       the steps and stages add constant advances. */
+    /* Descriptors of k-step 0 of Q (this warpgroup's rows), K stage 0 and V stage 0 (fp8: V^T),
+       computed once: the steps and stages add constant advances. */
     const unsigned long long q_desc = kmajor_descriptor<kBQ>(sq, wg_row0, 0);
     const unsigned long long k_desc = kmajor_descriptor<kBK>(sk, 0, 0);
-    const unsigned long long v_desc = nmajor_descriptor<kBK>(sv, 0);
+    const unsigned long long v_desc = kFp8 ? kmajor_descriptor<kDv>(svt, 0, 0) : nmajor_descriptor<kBK>(sv, 0);
 
     /* S = Q K_t^T into s: issued, not waited. */
     auto issue_qk = [&](float (&s)[kBK / 2], int t) {
-        const unsigned long long ks = k_desc + (t & 1) * smem_advance(kKElems);
-        wgmma_fence();
+        const unsigned long long ks = k_desc + (t & 1) * smem_advance(kKBytes);
+        wg::wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kKS; ++kk)
             MmaS::ss(s, q_desc + kmajor_advance<kBQ>(kk), ks + kmajor_advance<kBK>(kk), kk > 0);
-        wgmma_commit();
+        wg::wgmma_commit();
     };
-    /* Soft cap, mask and online softmax of tile t: s becomes P (fp32), the running max/sum move on
-       and alpha[h] is the factor O must be scaled by before P V_t. Element i of s: row
-       g + 8 ((i / 2) % 2), column 8 (i / 4) + quad_col + i % 2. */
+    /* Soft cap, mask and online softmax of tile t: s becomes P (fp32, times 2^kPScaleLog2), the
+       running max/sum move on and alpha[h] is the factor O must be scaled by before P V_t.
+       Element i of s: row g + 8 ((i / 2) % 2), column 8 (i / 4) + quad_col + i % 2. */
     auto softmax_tile = [&](auto masked, float (&s)[kBK / 2], int j0, float (&alpha)[2]) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -295,13 +447,14 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
             tile_max = fmaxf(tile_max, fmha_shfl_xor(tile_max, 2));
             const float new_max = fmaxf(row_max[h], tile_max);
             const float base = new_max == -FMHA_INF ? 0.f : new_max * mul;  /* nothing visible yet: all P are 0 */
+            const float p_base = kFp8 ? base - kPScaleLog2 : base;
             alpha[h] = exp2_approx(fmaf(row_max[h], mul, -base));
             float sum = 0.f;
 #pragma unroll
             for (int nt = 0; nt < kBK / 8; ++nt)
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
-                    const float pv = exp2_approx(fmaf(s[4 * nt + 2 * h + e], mul, -base));
+                    const float pv = exp2_approx(fmaf(s[4 * nt + 2 * h + e], mul, -p_base));
                     s[4 * nt + 2 * h + e] = pv;
                     sum += pv;
                 }
@@ -319,26 +472,36 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
         else
             softmax_tile(Bool<true>(), s, j0, alpha);
     };
-    /* P rounded to the input type in the A-operand layout: P's k16 step kk is S's n8 tiles 2 kk
-       and 2 kk + 1. */
+    /* P rounded to the input type in the A-operand layout. 16-bit: P's k16 step kk is S's n8
+       tiles 2 kk and 2 kk + 1. fp8: its k32 step kk is S's n8 tiles 4 kk .. 4 kk + 3; register j
+       takes, for row g + 8 (j % 2), columns 2q, 2q + 1 of n8 tiles 4 kk + 2 (j / 2) and + 1 (V^T's
+       key order, see the header). */
     unsigned pa[kPS][4];
     auto pack_p = [&](const float (&s)[kBK / 2]) {
 #pragma unroll
         for (int kk = 0; kk < kPS; ++kk) {
-            pa[kk][0] = Pack::pack(s[8 * kk + 0], s[8 * kk + 1]);
-            pa[kk][1] = Pack::pack(s[8 * kk + 2], s[8 * kk + 3]);
-            pa[kk][2] = Pack::pack(s[8 * kk + 4], s[8 * kk + 5]);
-            pa[kk][3] = Pack::pack(s[8 * kk + 6], s[8 * kk + 7]);
+            if constexpr (kFp8) {
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int i = 16 * kk + 8 * (j / 2) + 2 * (j % 2);
+                    pa[kk][j] = wg::pack_e4m3x4(s[i], s[i + 1], s[i + 4], s[i + 5]);
+                }
+            } else {
+                pa[kk][0] = OutPack::pack(s[8 * kk + 0], s[8 * kk + 1]);
+                pa[kk][1] = OutPack::pack(s[8 * kk + 2], s[8 * kk + 3]);
+                pa[kk][2] = OutPack::pack(s[8 * kk + 4], s[8 * kk + 5]);
+                pa[kk][3] = OutPack::pack(s[8 * kk + 6], s[8 * kk + 7]);
+            }
         }
     };
     auto copies_landed = [] {
         wait_copies<0>();
-        fence_async_shared();
+        wg::fence_async_shared();   /* also publishes this thread's V^T stores (fp8) to wgmma */
         fmha_barrier();
     };
 
-    /* Prologue: the rows of tiles 0..2 resolved; Q and K_0, then V_0 and K_1 in flight; S_0 and
-       its softmax. */
+    /* Prologue: the rows of tiles 0..2 resolved; Q and K_0, then V_0 and K_1 (fp8: then V_1) in
+       flight; S_0 and its softmax (fp8: V_0 transposed meanwhile). */
     if constexpr (kPaged) {
         for (int t = 0; t < PagedRowTable::kSlots; ++t) resolve_rows(t);
         fmha_barrier();
@@ -349,14 +512,19 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
     load_v(0);
     load_k(1);
     commit_copies();
+    if constexpr (kFp8) {   /* V one tile further ahead: it is transposed a step before P V reads it */
+        load_v(1);
+        commit_copies();
+    }
     float s[kBK / 2], alpha[2];
     if (tiles.count > 0) {
         wait_copies<1>();
-        fence_async_shared();
+        wg::fence_async_shared();
         fmha_barrier();
         issue_qk(s, 0);
-        wgmma_wait<0>();
-        touch_registers(s);
+        transpose_v(0);
+        wg::wgmma_wait<0>();
+        wg::touch_registers(s);
         softmax(s, 0, alpha);
         pack_p(s);
     }
@@ -367,42 +535,52 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
         for (int dt = 0; dt < kDv / 8; ++dt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[4 * dt + e] *= alpha[e / 2];
-        const unsigned long long vs = v_desc + (t & 1) * smem_advance(kVElems);
-        wgmma_fence();
+        wg::wgmma_fence();
+        if constexpr (kFp8) {
+            /* V^T stage t % 2: its k-steps follow stage 0's kPS k-steps */
+            const unsigned long long vs = v_desc + (t & 1) * kmajor_advance<kDv>(kPS);
 #pragma unroll
-        for (int kk = 0; kk < kPS; ++kk) MmaO::rs(acc, pa[kk], vs + nmajor_advance(kk), 1);
-        wgmma_commit();
+            for (int kk = 0; kk < kPS; ++kk) MmaO::rs(acc, pa[kk], vs + kmajor_advance<kDv>(kk), 1);
+        } else {
+            const unsigned long long vs = v_desc + (t & 1) * smem_advance(kVBytes);
+#pragma unroll
+            for (int kk = 0; kk < kPS; ++kk) MmaO::rs(acc, pa[kk], vs + nmajor_advance(kk), 1);
+        }
+        wg::wgmma_commit();
     };
 
     /* Step t: S_{t+1} and P_t V_t in flight together; the softmax of tile t + 1 runs while P_t V_t
        does. Every warpgroup has retired S_t and P_{t-1} V_{t-1} at the barrier, so K stage t % 2
-       and V stage (t + 1) % 2 are free for K_{t+2} and V_{t+1}. The last step (P V only) is
-       peeled off: issuing S under a condition makes ptxas serialise every wgmma. */
+       and V stage (t + 1) % 2 are free for K_{t+2} and V_{t+1}. fp8: the barrier also ends the
+       transpose of staged V_t (made in step t - 1), so staging stage t % 2 takes V_{t+2}, and V^T
+       stage (t + 1) % 2 is free for V_{t+1}, transposed while S_{t+1} runs. The last step (P V
+       only) is peeled off: issuing S under a condition makes ptxas serialise every wgmma. */
     const int last = tiles.count - 1;
     for (int t = 0; t < last; ++t) {
-        copies_landed();   /* V_t and K_{t+1}; the rows of tile t + 2 resolved */
+        copies_landed();   /* K_{t+1} and V_t (fp8: V_{t+1}, and V_t^T); the rows of tile t + 2 resolved */
         load_k(t + 2);
-        load_v(t + 1);
+        load_v(kFp8 ? t + 2 : t + 1);
         commit_copies();
         resolve_rows(t + 3);   /* into tile t's slot: its last copy was issued before this barrier */
         issue_qk(s, t + 1);
         issue_pv(t);
-        wgmma_wait<1>();
-        touch_registers(s);
+        transpose_v(t + 1);
+        wg::wgmma_wait<1>();
+        wg::touch_registers(s);
         softmax(s, t + 1, alpha);
-        wgmma_wait<0>();
-        touch_registers(acc);
+        wg::wgmma_wait<0>();
+        wg::touch_registers(acc);
         pack_p(s);
     }
     if (last >= 0) {
         copies_landed();
         issue_pv(last);
-        wgmma_wait<0>();
-        touch_registers(acc);
+        wg::wgmma_wait<0>();
+        wg::touch_registers(acc);
     }
     wait_copies<0>();   /* no tile at all: the Q copy group is still retired before exit */
 
-    /* Sink, normalisation, LSE, O (as fmha_fwd_mma.hip). */
+    /* Sink, normalisation, LSE, O (as fmha_fwd_mma.hip); sums are at P's scale 2^kPScaleLog2. */
     const float* sinks = (const float*)p.sink_logits;
     float* lse = (float*)p.lse;
     unsigned short* o = (unsigned short*)p.o;
@@ -419,24 +597,25 @@ FMHA_DEVICE void attention(const FmhaParams& p, InT* smem, RowTable& row_table)
         if (p.has_sink) {
             const float sink = sinks[head] * FMHA_LOG2E;
             top = fmaxf(row_m, sink);
-            sum = (row_m == -FMHA_INF ? 0.f : sum * exp2_approx(row_m - top)) + exp2_approx(sink - top);
+            const float sink_p = kFp8 ? sink - top + kPScaleLog2 : sink - top;
+            sum = (row_m == -FMHA_INF ? 0.f : sum * exp2_approx(row_m - top)) + exp2_approx(sink_p);
         }
         const float f = row_m == -FMHA_INF ? 0.f : exp2_approx(row_m - top) / sum * p.v_descale;
         const i64 token = q_first + m / group;
         if (p.has_lse && lane % 4 == 0)
             lse[b * p.lse_batch_stride + head * p.lse_head_stride + token] =
-                sum > 0.f ? (top + log2f(sum)) * FMHA_LN2 : -FMHA_INF;
+                sum > 0.f ? (top + log2f(sum) - kPScaleLog2) * FMHA_LN2 : -FMHA_INF;
         unsigned short* dst = o + b * p.o_batch_stride + head * p.o_head_stride + token * p.o_row_stride;
 #pragma unroll
         for (int dt = 0; dt < kDv / 8; ++dt)
-            *(unsigned*)(dst + dt * 8 + quad_col) = Pack::pack(acc[4 * dt + 2 * h] * f, acc[4 * dt + 2 * h + 1] * f);
+            *(unsigned*)(dst + dt * 8 + quad_col) = OutPack::pack(acc[4 * dt + 2 * h] * f, acc[4 * dt + 2 * h + 1] * f);
     }
 }
 
 /* The paged row table is static shared memory beside the dynamic tiles (kernels_wgmma counts it
    in the fit). */
 template <bool Paged>
-static FMHA_DEVICE void attention_block(const FmhaParams& p, InT* smem)
+static FMHA_DEVICE void attention_block(const FmhaParams& p, unsigned char* smem)
 {
     if constexpr (Paged) {
         __shared__ PagedRowTable row_table;
@@ -454,10 +633,19 @@ static FMHA_DEVICE void attention_block(const FmhaParams& p, InT* smem)
 #ifndef FMHA_BLOCKS_PER_SM
 #define FMHA_BLOCKS_PER_SM 1
 #endif
+#if defined(FMHA_CUDA)
 extern "C" __global__ void __launch_bounds__(fmha::kThreads, FMHA_BLOCKS_PER_SM) fmha_fwd_wgmma(FmhaParams p)
 {
     /* The swizzle needs 1024-byte aligned tiles; the launch adds 1 KB of slack for this. */
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const unsigned misalign = fmha::smem_address(smem_raw) & 1023u;
-    fmha::attention_block<fmha::kPaged>(p, (fmha::InT*)(smem_raw + (misalign ? 1024u - misalign : 0u)));
+    fmha::attention_block<fmha::kPaged>(p, smem_raw + (misalign ? 1024u - misalign : 0u));
 }
+#else
+extern "C" __global__ void fmha_fwd_wgmma(FmhaParams p)
+{
+    alignas(1024) static unsigned char smem[fmha::kSmemBytes];
+    fmha::wgmma_emu::set_shared_base(smem);
+    fmha::attention_block<fmha::kPaged>(p, smem);
+}
+#endif

@@ -2,7 +2,8 @@
    fp32 accumulate, sm_80+). Every query head attends over the one latent KV head: a paged cache
    of rows of FMHA_HDIM_Q values (576 = 512 latent ++ 64 rope) whose first FMHA_HDIM_V values are
    V. Host side: fmha_bench/kernels_mla.py; parameters: FmhaParams (V is read from the K cache,
-   so p.v and the v_* strides are unused and V's descale is k_descale).
+   so p.v and the v_* strides are unused and V's descale is k_descale); parts shared with the
+   wgmma MLA kernel (fmha_mla_wgmma.hip): fmha_mla_common.h.
 
    Compile-time specialisation (-D): FMHA_DTYPE fp16 | bf16 | fp8_e4m3fn (Q and cache; fp8 writes
    bf16), FMHA_HDIM_Q (a multiple of 64), FMHA_HDIM_V (a multiple of 128, < HDIM_Q),
@@ -40,7 +41,7 @@
    cycle, against ~3500 cycles of mma.sync work (2176 m16n8k16 at ~65% of the H100's dense
    peak). So the kernel is shared-memory bound: ~400 TFLOPS on an H100 at 100% shared-memory
    efficiency, less in practice. Beyond that needs wgmma, whose operands the tensor cores read
-   from shared memory without going through ldmatrix and registers.
+   from shared memory without going through ldmatrix and registers: fmha_mla_wgmma.hip.
 
    Per key tile t (3 block barriers; fp8 one more):
      1. wait for tile t's copies, barrier; start the copies of tile t + STAGES - 1 (cp.async
@@ -58,6 +59,7 @@
 #include "fmha_params.h"
 #include "fmha_fwd_common.h"
 #include "fmha_mma_sync.h"
+#include "fmha_mla_common.h"
 
 #if !defined(FMHA_DTYPE) || !defined(FMHA_HDIM_Q) || !defined(FMHA_HDIM_V) || !defined(FMHA_BLOCK_Q) || \
     !defined(FMHA_BLOCK_K) || !defined(FMHA_STAGES) || !defined(FMHA_SPLIT_KV)
@@ -70,20 +72,12 @@
 namespace fmha {
 
 /* ------------------------------------------------------------------ element types */
-struct elem_fp16 { typedef unsigned short Stored; typedef mma_fp16 Mma; };
-struct elem_bf16 { typedef unsigned short Stored; typedef mma_bf16 Mma; };
-/* fp8 Q and cache are widened to bf16 in shared memory: exact, every e4m3fn value is a bf16 value. */
-struct elem_fp8_e4m3fn { typedef unsigned char Stored; typedef mma_bf16 Mma; };
-
 typedef FMHA_CAT(elem_, FMHA_DTYPE) Elem;
 typedef Elem::Stored Stored;
 typedef Elem::Mma Mma;
 typedef unsigned short Half;   /* a 16-bit mma operand in shared memory */
 constexpr bool kFp8 = sizeof(Stored) == 1;
 constexpr bool kSplitKv = FMHA_SPLIT_KV != 0;
-
-template <class T, int N>
-struct alignas(sizeof(T) * N) Vec { T v[N]; };
 
 /* ------------------------------------------------------------------ geometry */
 constexpr int kDq = FMHA_HDIM_Q, kDv = FMHA_HDIM_V;
@@ -192,29 +186,6 @@ FMHA_DEVICE void widen_tile(Half* wide, const unsigned char* stage)
     }
 }
 
-/* ------------------------------------------------------------------ the key tiles of a block */
-/* KeyTiles' sink tiles, then its window tiles, each cut to the tiles meeting the split's keys
-   [key_begin, key_end) (all keys when unsplit, where the cut changes nothing). */
-struct TileList {
-    int sink_first, sink_count, window_first, window_count;
-
-    FMHA_DEVICE TileList(const KeyTiles<kBN>& tiles, int key_begin, int key_end)
-    {
-        const int tile_begin = key_begin / kBN;
-        const int tile_end = key_end > key_begin ? (key_end - 1) / kBN + 1 : tile_begin;
-        const int window_end = tiles.window_begin + (tiles.count - tiles.sink_tiles);
-        sink_first = tile_begin;
-        sink_count = imax(imin(tiles.sink_tiles, tile_end) - sink_first, 0);
-        window_first = imax(tiles.window_begin, tile_begin);
-        window_count = imax(imin(window_end, tile_end) - window_first, 0);
-    }
-    FMHA_DEVICE int count() const { return sink_count + window_count; }
-    FMHA_DEVICE int first_key(int t) const
-    {
-        return (t < sink_count ? sink_first + t : window_first + (t - sink_count)) * kBN;
-    }
-};
-
 /* ------------------------------------------------------------------ one block */
 FMHA_DEVICE void mla_decode(const FmhaParams& p, unsigned char* smem)
 {
@@ -248,7 +219,7 @@ FMHA_DEVICE void mla_decode(const FmhaParams& p, unsigned char* smem)
     const int key_begin = imin(split * split_width, kv.length);
     const int key_end = imin(key_begin + split_width, kv.length);
     const KeyTiles<kBN> tiles(mask, m0 / group, (imin(m0 + kBM, rows) - 1) / group);
-    const TileList list(tiles, key_begin, key_end);
+    const TileList<kBN> list(tiles, key_begin, key_end);
     const int num_tiles = list.count();
     auto stage_at = [&](int t) { return stages + (t % kStages) * kStageBytes; };
 
@@ -433,17 +404,10 @@ FMHA_DEVICE void mla_decode(const FmhaParams& p, unsigned char* smem)
         float factor = 0.f;
         if (red_m < rows) {
             const int head = red_m % group;
-            const float row_m = row_max * mul;   /* base 2 */
-            float top = row_m;
-            if (p.has_sink && !split_kv) {
-                const float sink = ((const float*)p.sink_logits)[head] * FMHA_LOG2E;
-                top = fmaxf(row_m, sink);
-                sum = (row_m == -FMHA_INF ? 0.f : sum * exp2_approx(row_m - top)) + exp2_approx(sink - top);
-            }
-            factor = row_m == -FMHA_INF ? 0.f : exp2_approx(row_m - top) / sum * p.k_descale;   /* V is K's */
+            float row_lse;
+            factor = finish_row(p, head, row_max * mul, sum, !split_kv, row_lse);
             if (p.has_lse || split_kv)
-                lse[b * p.lse_batch_stride + head * p.lse_head_stride + q_first + red_m / group] =
-                    sum > 0.f ? (top + log2f(sum)) * FMHA_LN2 : -FMHA_INF;
+                lse[b * p.lse_batch_stride + head * p.lse_head_stride + q_first + red_m / group] = row_lse;
         }
         row_scale[red_row] = factor;
     }

@@ -25,11 +25,18 @@ def test_amd_points_prefer_the_matrix_core_kernel():
         assert tags[0].startswith(family) and tags[-1].startswith("portable-"), (arch, tags)
 
 
-def test_fp8_and_split_kv_points_have_only_the_portable_kernel():
-    for problem, arch in [(Problem(dtype="fp8_e4m3fn"), "sm_90a"), (Problem(family="splitkv", num_splits=4), "sm_90a"),
-                          (Problem(family="splitkv", num_splits=4), "gfx942")]:
-        found = candidates(problem, arch)
-        assert [tag.split("-")[0] for tag, _ in found] == ["portable"], (problem.name(), arch)
+def test_split_kv_points_have_only_the_portable_kernel():
+    for arch in ("sm_90a", "gfx942"):
+        found = candidates(Problem(family="splitkv", num_splits=4), arch)
+        assert [tag.split("-")[0] for tag, _ in found] == ["portable"], arch
+
+
+def test_fp8_goes_to_the_matrix_core_kernel_of_its_format_then_the_portable_kernel():
+    assert [tag for tag, _ in candidates(Problem(dtype="fp8_e4m3fn"), "sm_90a")] == [
+        "wgmma-q128k128", "portable-q32k32t128"]
+    amd = [tag for tag, _ in candidates(Problem(dtype="fp8_e4m3fnuz"), "gfx942")]
+    assert amd[0].startswith("mfma32_fp8-") and amd[-1].startswith("portable-")
+    assert "not supported on gfx942" in candidates(Problem(dtype="fp8_e4m3fn"), "gfx942")
 
 
 def test_soft_cap_gets_its_own_instance():

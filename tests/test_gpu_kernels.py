@@ -53,7 +53,7 @@ def test_every_mask_and_dtype_matches_reference(gpu, dtype, mask):
 
 
 @pytest.mark.parametrize("hdim_q,hdim_v", [(64, 64), (128, 128), (256, 256), (128, 64), (192, 128)])
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_head_dims_match_reference(gpu, hdim_q, hdim_v, dtype):
     _check(gpu, Problem(batch=1, seqlen_q=100, seqlen_k=100, nhead_q=2, hdim_q=hdim_q, hdim_v=hdim_v, dtype=dtype,
                         mask="b"))
@@ -87,6 +87,21 @@ def test_soft_cap_and_learned_sink(gpu, softcap, sink):
 def test_fp8_e4m3fn_with_descales(gpu):
     _check(gpu, Problem(batch=2, seqlen_q=256, seqlen_k=256, nhead_q=4, nhead_k=2, hdim_q=128, dtype="fp8_e4m3fn",
                         mask="t", lse=True))
+
+
+@pytest.mark.parametrize("problem", [
+    Problem(family="paged", mode="group", batch=3, seqlen_q=[5, 1, 40], seqlen_k=[300, 17, 40], nhead_q=8, nhead_k=2,
+            hdim_q=128, mask="b", page_size=16, page_table="vllm", kv_layout="hnd", dtype="fp8_e4m3fn", lse=True),
+    Problem(family="paged", mode="group", batch=3, seqlen_q=[5, 1, 40], seqlen_k=[300, 17, 40], nhead_q=8, nhead_k=2,
+            hdim_q=64, mask="b", page_size=1, page_table="sglang", kv_layout="nhd", dtype="fp8_e4m3fn", lse=True),
+    Problem(mode="group", batch=4, seqlen_q=[33, 0, 1, 130], seqlen_k=[50, 0, 1, 129], nhead_q=14, nhead_k=2,
+            hdim_q=256, mask="b", soft_cap=20.0, sink=True, dtype="fp8_e4m3fn", lse=True),
+    Problem(batch=2, seqlen_q=300, seqlen_k=1000, nhead_q=16, nhead_k=1, hdim_q=128, mask="xb:64", sink=True,
+            dtype="fp8_e4m3fn", lse=True),
+], ids=lambda p: p.name())
+def test_fp8_paged_varlen_gqa_soft_cap_and_sink(gpu, problem):
+    """fp8 on the tensor-core kernels: V transposed into shared memory, P rounded to e4m3 at 2^8."""
+    _check(gpu, problem)
 
 
 @pytest.mark.parametrize("page_size", [1, 16, 256])

@@ -32,6 +32,16 @@ def test_tolerance_follows_dtype_epsilon(dtype, p_precision, expect_rtol):
     assert tol.atol < 4.0 * (2 ** -4 if dtype.startswith("fp8") else 2 ** -6)
 
 
+def test_fp8_tensor_core_logit_error_widens_lse_and_o_tolerance_with_the_qk_norms():
+    p = Problem(dtype="fp8_e4m3fn", hdim_q=128, seqlen_q=512)
+    plain, wide = tolerance_for(p, 4.0, "input"), tolerance_for(p, 4.0, "input", qk_norm_product=128.0)
+    logit_error = 128 ** -0.5 * 2.0 ** -12 * 128.0
+    assert plain.lse_atol == 1e-4 and wide.lse_atol == pytest.approx(1e-4 + logit_error)
+    assert wide.atol == pytest.approx(plain.atol + 4.0 * 2 * logit_error)
+    assert tolerance_for(p, 4.0, "fp32", qk_norm_product=128.0).lse_atol == 1e-4   # exact-product kernels
+    assert tolerance_for(Problem(dtype="fp16"), 4.0, "input", qk_norm_product=128.0).lse_atol == 1e-4
+
+
 def test_fp32_p_gets_a_tighter_bound_than_rounded_p():
     p = Problem(dtype="fp16", seqlen_q=4096)
     assert tolerance_for(p, 4.0, "fp32").atol < tolerance_for(p, 4.0, "input").atol / 10

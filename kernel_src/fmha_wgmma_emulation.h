@@ -1,0 +1,238 @@
+/* fmha_wgmma_emulation.h: Hopper's wgmma instructions on the CPU emulation (FMHA_CPU_EMULATION,
+   fmha_cpu_emulation.h), so a wgmma kernel's descriptors, fragment indexing and synchronisation
+   can be tested against the reference without a GPU.
+
+   The layout side is the real one: this header includes fmha_wgmma.h (swizzled tiles and the
+   descriptor encoders the GPU build runs) after defining smem_address as the byte offset into
+   the block's emulated shared memory (set_shared_base). Its asm functions are never called here;
+   namespace fmha::wgmma_emu holds the instruction side with the same names (WgmmaOps<Type, N>,
+   wgmma_fence / commit / wait, touch_registers, fence_async_shared), so a kernel selects one set
+   with a namespace alias.
+
+   Each instruction computes its result when issued (fence, commit and wait do nothing) from this
+   model of the hardware, the facts fmha_wgmma.h documents:
+   - descriptor: bits [0,14) start address >> 4, [16,30) LBO >> 4, [32,46) SBO >> 4, [62,64) = 1
+     (128-byte swizzle; other modes are refused);
+   - K-major operand element (row r, k): start + (r / 8) SBO + (r % 8) 128 + 2 k;
+     N-major B element (k, n): start + (n / 64) LBO + (k / 8) SBO + (k % 8) 128 + 2 (n % 64);
+     then address bits [4,7) ^= bits [7,10) (the shared memory is 1024-byte aligned);
+   - A from registers: warp w of the warpgroup holds rows 16 w .. 16 w + 15 in mma.m16n8k16's A
+     layout (lane 4 g + q: A[g][2q..], A[g+8][2q..], A[g][2q+8..], A[g+8][2q+8..]);
+   - D: warp w, lane 4 g + q, element i: row 16 w + g + 8 ((i / 2) % 2), column 8 (i / 4) + 2 q + i % 2.
+   rs() exchanges A fragments between the warpgroup's threads at block barriers (as the emulated
+   mma.sync does), so every thread of the block must issue the same sequence of rs() calls. */
+#ifndef FMHA_WGMMA_EMULATION_H
+#define FMHA_WGMMA_EMULATION_H
+
+#if !defined(FMHA_CPU_EMULATION)
+#error "fmha_wgmma_emulation.h is for -DFMHA_CPU_EMULATION builds; GPU builds include fmha_wgmma.h"
+#endif
+
+namespace fmha {
+namespace wgmma_emu {
+
+inline const unsigned char* g_shared_base = nullptr;
+
+/* The emulated kernel's shared memory (1024-byte aligned), before any descriptor is formed. */
+inline void set_shared_base(const void* base) { g_shared_base = (const unsigned char*)base; }
+
+}  // namespace wgmma_emu
+
+inline unsigned smem_address(const void* p)
+{
+    const long offset = (const unsigned char*)p - wgmma_emu::g_shared_base;
+    if (wgmma_emu::g_shared_base == nullptr || offset < 0 || offset >= (1 << 18))
+        throw std::runtime_error("wgmma emulation: operand outside the block's shared memory");
+    return (unsigned)offset;
+}
+
+}  // namespace fmha
+
+#include "fmha_wgmma.h"
+
+namespace fmha {
+namespace wgmma_emu {
+
+struct Descriptor {
+    unsigned start, lbo, sbo;
+
+    explicit Descriptor(unsigned long long d)
+        : start((unsigned)(d & 0x3FFF) << 4), lbo((unsigned)((d >> 16) & 0x3FFF) << 4),
+          sbo((unsigned)((d >> 32) & 0x3FFF) << 4)
+    {
+        if ((d >> 62) != 1) throw std::runtime_error("wgmma emulation: only the 128-byte swizzle is modelled");
+    }
+    unsigned short at(unsigned address) const
+    {
+        const unsigned swizzled = address ^ (((address >> 7) & 7u) << 4);
+        unsigned short v;
+        std::memcpy(&v, g_shared_base + swizzled, 2);
+        return v;
+    }
+    unsigned short kmajor(int row, int k) const { return at(start + row / 8 * sbo + row % 8 * 128 + 2 * k); }
+    unsigned short nmajor(int k, int n) const
+    {
+        return at(start + n / 64 * lbo + k / 8 * sbo + k % 8 * 128 + 2 * (n % 64));
+    }
+};
+
+template <class Type>
+float decode(unsigned short bits);
+template <>
+inline float decode<wg_fp16>(unsigned short bits) { return fmha_fp16_to_float(bits); }
+template <>
+inline float decode<wg_bf16>(unsigned short bits) { return fmha_bf16_to_float(bits); }
+
+/* Where this thread's accumulator element i sits in the 64 x N result. */
+inline void d_position(int i, int& row, int& col)
+{
+    const int t = (int)(threadIdx.x % 128u), lane = t % 32;
+    row = 16 * (t / 32) + lane / 4 + 8 * ((i / 2) % 2);
+    col = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
+}
+
+inline std::vector<unsigned>& a_slots()
+{
+    static std::vector<unsigned> slots;
+    if (slots.size() < 4 * blockDim.x) slots.resize(4 * blockDim.x);
+    return slots;
+}
+
+template <class Type, int N>
+struct WgmmaOps {
+    /* D (+)= A B, A and B K-major in shared memory. */
+    static void ss(float* d, unsigned long long a, unsigned long long b, int accumulate)
+    {
+        const Descriptor da(a), db(b);
+        for (int i = 0; i < N / 2; ++i) {
+            int row, col;
+            d_position(i, row, col);
+            float acc = accumulate ? d[i] : 0.f;
+            for (int k = 0; k < 16; ++k)
+                acc = std::fma(decode<Type>(da.kmajor(row, k)), decode<Type>(db.kmajor(col, k)), acc);
+            d[i] = acc;
+        }
+    }
+    /* D (+)= A B, A in registers, B N-major in shared memory. */
+    static void rs(float* d, const unsigned* a, unsigned long long b, int accumulate)
+    {
+        std::vector<unsigned>& slots = a_slots();
+        std::memcpy(&slots[4 * threadIdx.x], a, 16);
+        fmha_barrier();
+        const Descriptor db(b);
+        const unsigned group = threadIdx.x & ~127u;
+        for (int i = 0; i < N / 2; ++i) {
+            int row, col;
+            d_position(i, row, col);
+            float acc = accumulate ? d[i] : 0.f;
+            for (int k = 0; k < 16; ++k) {
+                const int r = row % 16;
+                const unsigned lane = group + 32 * (row / 16) + 4 * (r % 8) + (k % 8) / 2;
+                const unsigned word = slots[4 * lane + (r >= 8) + 2 * (k >= 8)];
+                const unsigned short bits = (unsigned short)(k % 2 ? word >> 16 : word);
+                acc = std::fma(decode<Type>(bits), decode<Type>(db.nmajor(k, col)), acc);
+            }
+            d[i] = acc;
+        }
+        fmha_barrier();
+    }
+};
+
+inline void wgmma_fence() {}
+inline void wgmma_commit() {}
+template <int Pending>
+inline void wgmma_wait() {}
+template <int N>
+inline void touch_registers(float (&)[N]) {}
+inline void fence_async_shared() {}
+
+/* ------------------------------------------------------------------ 8-bit operands (e4m3)
+   Added for fmha_fwd_wgmma.hip's fp8 instances (helper fp8-wgmma), the same model for
+   wgmma.mma_async m64nNk32 .f32.e4m3.e4m3:
+   - K-major operand element (row r, k): one byte at start + (r / 8) SBO + (r % 8) 128 + k, then
+     the swizzle above; there is no N-major form (wgmma transposes no 8-bit operand);
+   - A from registers: warp w of the warpgroup holds rows 16 w .. 16 w + 15 in mma.m16n8k32's A
+     layout: lane 4 g + q, register j, byte e: A[g + 8 (j % 2)][4 q + 16 (j / 2) + e];
+   - pack_e4m3x4 (cvt.rn.satfinite.e4m3x2.f32, twice) and byte_perm (prmt, selector nibbles 0..7:
+     the sign-replicating nibbles are not modelled) as fmha_wgmma.h's GPU versions. */
+inline unsigned char kmajor_byte(const Descriptor& d, int row, int k)
+{
+    const unsigned address = d.start + row / 8 * d.sbo + row % 8 * 128 + k;
+    const unsigned short pair = d.at(address & ~1u);   /* the swizzle moves address bits 4-6 only */
+    return (unsigned char)(address & 1u ? pair >> 8 : pair);
+}
+
+template <int N>
+struct WgmmaOps<wg_e4m3, N> {
+    /* D (+)= A B, A and B K-major in shared memory. */
+    static void ss(float* d, unsigned long long a, unsigned long long b, int accumulate)
+    {
+        const Descriptor da(a), db(b);
+        for (int i = 0; i < N / 2; ++i) {
+            int row, col;
+            d_position(i, row, col);
+            float acc = accumulate ? d[i] : 0.f;
+            for (int k = 0; k < 32; ++k)
+                acc = std::fma(fmha_fp8_e4m3fn_to_float(kmajor_byte(da, row, k)),
+                               fmha_fp8_e4m3fn_to_float(kmajor_byte(db, col, k)), acc);
+            d[i] = acc;
+        }
+    }
+    /* D (+)= A B, A in registers, B K-major in shared memory. */
+    static void rs(float* d, const unsigned* a, unsigned long long b, int accumulate)
+    {
+        std::vector<unsigned>& slots = a_slots();
+        std::memcpy(&slots[4 * threadIdx.x], a, 16);
+        fmha_barrier();
+        const Descriptor db(b);
+        const unsigned group = threadIdx.x & ~127u;
+        for (int i = 0; i < N / 2; ++i) {
+            int row, col;
+            d_position(i, row, col);
+            float acc = accumulate ? d[i] : 0.f;
+            for (int k = 0; k < 32; ++k) {
+                const int r = row % 16;
+                const unsigned lane = group + 32 * (row / 16) + 4 * (r % 8) + (k % 16) / 4;
+                const unsigned word = slots[4 * lane + (r >= 8) + 2 * (k >= 16)];
+                const unsigned char code = (unsigned char)(word >> 8 * (k % 4));
+                acc = std::fma(fmha_fp8_e4m3fn_to_float(code), fmha_fp8_e4m3fn_to_float(kmajor_byte(db, col, k)), acc);
+            }
+            d[i] = acc;
+        }
+        fmha_barrier();
+    }
+};
+
+/* Nearest e4m3fn code, ties to the even code, finite values past 448 saturating to it, NaN to
+   0x7f: the codes 0..0x7e are increasing, so this walks them with the exact decoder. */
+inline unsigned e4m3fn_satfinite(float x)
+{
+    if (std::isnan(x)) return 0x7fu;
+    const float mag = std::fabs(x);
+    unsigned code = 0;   /* the largest code whose value is <= mag */
+    while (code < 0x7eu && fmha_fp8_e4m3fn_to_float((unsigned char)(code + 1)) <= mag) ++code;
+    if (code < 0x7eu) {
+        const float below = mag - fmha_fp8_e4m3fn_to_float((unsigned char)code);
+        const float above = fmha_fp8_e4m3fn_to_float((unsigned char)(code + 1)) - mag;
+        code += above < below || (above == below && code % 2 == 1);
+    }
+    return (std::signbit(x) ? 0x80u : 0u) | code;
+}
+
+inline unsigned pack_e4m3x4(float x0, float x1, float x2, float x3)
+{
+    return e4m3fn_satfinite(x0) | e4m3fn_satfinite(x1) << 8 | e4m3fn_satfinite(x2) << 16 | e4m3fn_satfinite(x3) << 24;
+}
+
+inline unsigned byte_perm(unsigned a, unsigned b, unsigned selector)
+{
+    const unsigned long long pair = a | (unsigned long long)b << 32;
+    unsigned r = 0;
+    for (int i = 0; i < 4; ++i) r |= (unsigned)(pair >> 8 * ((selector >> 4 * i) & 7) & 0xffu) << 8 * i;
+    return r;
+}
+
+}  // namespace wgmma_emu
+}  // namespace fmha
+
+#endif /* FMHA_WGMMA_EMULATION_H */

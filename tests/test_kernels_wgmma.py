@@ -1,0 +1,50 @@
+"""Host side of the wgmma forward kernel for fp8 (fmha_bench/kernels_wgmma.py) and the generated
+e4m3 k32 wrappers it compiles against (kernel_src/fmha_wgmma_ops.h)."""
+from __future__ import annotations
+
+import re
+
+from test_wgmma_ops import _generator
+
+from fmha_bench.kernels_wgmma import shared_bytes, wgmma_candidates
+from fmha_bench.problem import Problem
+
+HOPPER_OPTIN = 232448
+
+
+def test_fp8_e4m3fn_gets_its_own_tile_per_head_dim_dense_and_paged():
+    for hdim, tag in ((64, "wgmma-q128k128"), (128, "wgmma-q128k128"), (256, "wgmma-q128k64")):
+        for extra in ({}, {"family": "paged", "page_size": 16}):
+            found = wgmma_candidates(Problem(dtype="fp8_e4m3fn", hdim_q=hdim, **extra), "sm_90a")
+            assert [t for t, _ in found] == [tag], (hdim, extra, found)
+            assert dict(found[0][1].defines)["FMHA_DTYPE"] == "fp8_e4m3fn"
+
+
+def test_sixteen_bit_problems_never_get_the_fp8_tiles():
+    found = wgmma_candidates(Problem(dtype="bf16", hdim_q=128), "sm_90a")
+    assert [t for t, _ in found] == ["wgmma-q128k128"]
+
+
+def test_amd_fp8_flavour_is_refused_with_the_dtypes_the_kernel_takes():
+    reason = wgmma_candidates(Problem(dtype="fp8_e4m3fnuz", hdim_q=128), "sm_90a")
+    assert isinstance(reason, str) and "fp8_e4m3fnuz" in reason and "fp8_e4m3fn" in reason.split("takes")[1]
+
+
+def test_fp8_shared_memory_holds_q_k_v_staging_and_both_v_transposes():
+    # hdim 128, 128 keys: Q 16 KB, K 2 x 16 KB, staged V 2 x 16 KB, V^T 128 x 256 B, + 1 KB alignment slack
+    assert shared_bytes(128, 128, {"block_k": 128}, "fp8_e4m3fn") == 16384 + 32768 + 32768 + 32768 + 1024
+    # hdim 64: rows padded to a 128-byte line
+    assert shared_bytes(64, 64, {"block_k": 128}, "fp8_e4m3fn") == 16384 + 32768 + 32768 + 16384 + 1024
+    assert shared_bytes(128, 128, {"block_k": 128}) == 2 * (128 * 128 + 2 * 128 * 256) + 1024   # fp16 unchanged
+    assert shared_bytes(256, 256, {"block_k": 64}, "fp8_e4m3fn") + 3 * 2 * 8 * 64 <= HOPPER_OPTIN
+
+
+def test_e4m3_wrappers_are_k32_with_no_transpose_immediates_and_list_their_operands_in_order():
+    text = _generator().render()
+    found = re.findall(r"m64n(\d+)k32\.f32\.e4m3\.e4m3 \"\s*\"\{([^}]*)\}, (\{[^}]*\}|%\d+), %(\d+), p, 1, 1;", text)
+    assert sorted(int(n) for n, *_ in found) == [64, 64, 128, 128, 256, 256]   # ss and rs per width
+    for n, accumulators, a_operand, b_operand in found:
+        assert [a.strip() for a in accumulators.split(",")] == [f"%{i}" for i in range(int(n) // 2)]
+        a_names = a_operand.strip("{}").split(", ")
+        assert a_names == [f"%{int(n) // 2 + i}" for i in range(len(a_names))] and len(a_names) in (1, 4)
+        assert int(b_operand) == int(n) // 2 + len(a_names)

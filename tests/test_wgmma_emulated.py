@@ -1,0 +1,167 @@
+"""The wgmma forward kernel (kernel_src/fmha_fwd_wgmma.hip) compiled for the CPU against the NumPy
+reference: every GPU thread a fiber (fmha_cpu_emulation.h), wgmma from
+kernel_src/fmha_wgmma_emulation.h (fmha_wgmma.h's own descriptor encoders, the documented operand
+and fragment layouts, e4m3 k32 included), cp.async and the 16-bit packs from fmha_mma_sync.h's
+emulation.
+
+This checks the kernel's descriptors, swizzled and staged loads, the fp8 V transpose and its key
+permutation against P's fragment, the P scale, masks, GQA, varlen, page tables, LSE, sink and
+soft cap, for the shipped tiles (128 query rows, 256 threads). Whether the instruction model is
+the GPU's is for the GPU tests (tests/test_gpu_kernels.py).
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+
+import numpy as np
+import pytest
+from test_kernels_emulated import CXX, DRIVER, _compile, host_buffers_with_nan_page, kernel_libraries, run_emulated
+from test_mma_emulated import Emulated, _assert_matches, paged
+
+from fmha_bench import dtypes
+from fmha_bench.kernels import kernel_args
+from fmha_bench.kernels_wgmma import shared_bytes, wgmma_candidates, wgmma_launch_config
+from fmha_bench.problem import Problem
+
+pytestmark = pytest.mark.skipif(CXX is None, reason="needs g++ (C++20) to build the CPU emulation")
+
+FP8 = "fp8_e4m3fn"
+SMEM_EXTRA = r"""
+extern "C" int smem_bytes() { return fmha::kSmemBytes; }
+"""
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    return kernel_libraries(tmp_path_factory.mktemp("wgmma_emulated"), "w", DRIVER + SMEM_EXTRA, "fmha::kThreads")
+
+
+@pytest.fixture(scope="module")
+def emulate(library):
+    """emulate(problem, block_k=None) -> Emulated: one launch of the problem's default wgmma
+    instance (or that instance with another BLOCK_K) over NaN-poisoned outputs."""
+
+    def run(problem: Problem, block_k: int = None) -> Emulated:
+        found = wgmma_candidates(problem, "sm_90a")
+        assert not isinstance(found, str), found
+        spec = found[0][1] if block_k is None else with_block_k(found[0][1], block_k)
+        x = problem.make_inputs(seed=1)
+        host, ptrs = host_buffers_with_nan_page(problem, x)
+        grid, block, shared = wgmma_launch_config(spec, problem)
+        lib = library(spec)
+        assert block == (256, 1, 1) and lib.smem_bytes() + 1024 == shared
+        run_emulated(lib, kernel_args(problem, x, ptrs, 1), grid)
+        return Emulated(dtypes.decode(host["o"], problem.out_dt), host["lse"], x)
+
+    return run
+
+
+def with_block_k(spec, block_k: int):
+    return dataclasses.replace(spec, defines=tuple({**dict(spec.defines), "FMHA_BLOCK_K": str(block_k)}.items()))
+
+
+def fwd(**fields) -> Problem:
+    base = dict(batch=1, seqlen_q=37, seqlen_k=150, nhead_q=4, nhead_k=2, hdim_q=128, dtype=FP8, mask="b", lse=True)
+    return Problem(**{**base, **fields})
+
+
+# ----------------------------------------------------------------------------- fp8, dense K/V
+@pytest.mark.parametrize("problem", [
+    fwd(),                                                                    # two key tiles, the second partial
+    fwd(hdim_q=64, seqlen_q=40, seqlen_k=300, mask="t:3,5", nhead_q=8, nhead_k=1),
+    fwd(hdim_q=256, seqlen_q=20, seqlen_k=200, mask="0", nhead_q=2, nhead_k=2),   # BLOCK_K 64: V^T stages share lines
+    fwd(seqlen_q=90, seqlen_k=40, nhead_q=2, nhead_k=1),                      # bottom-right: first rows see no key
+    fwd(seqlen_q=70, seqlen_k=260, mask="xb:20", nhead_q=4, nhead_k=1),       # sliding window + sink tokens
+], ids=lambda p: p.name())
+def test_fp8_dense_masks_gqa_and_head_dims_match_reference(emulate, problem):
+    _assert_matches(problem, emulate(problem))
+
+
+def test_fp8_soft_cap_and_learned_sink_match_reference(emulate):
+    """The sink joins the denominator at P's 2^8 scale; LSE removes the scale."""
+    p = fwd(seqlen_q=33, seqlen_k=140, soft_cap=5.0, sink=True)
+    _assert_matches(p, emulate(p))
+
+
+def test_fp8_varlen_with_empty_sequences_matches_reference(emulate):
+    p = fwd(mode="group", batch=4, seqlen_q=[19, 0, 1, 33], seqlen_k=[130, 0, 1, 70], nhead_q=4, nhead_k=2,
+            sink=True)
+    _assert_matches(p, emulate(p))
+
+
+@pytest.mark.parametrize("hdim,block_k", [(64, 64), (128, 64), (256, 128)])
+def test_fp8_other_key_tiles_match_reference(emulate, hdim, block_k):
+    """The staging swizzle and transposer for 4 or 8 key groups per tile and one or two passes."""
+    p = fwd(hdim_q=hdim, seqlen_q=20, seqlen_k=200, nhead_q=2, nhead_k=1)
+    _assert_matches(p, emulate(p, block_k))
+
+
+# ----------------------------------------------------------------------------- fp8, paged K/V
+@pytest.mark.parametrize("problem", [
+    paged(dtype=FP8, hdim_q=128, page_size=16, page_table="vllm", kv_layout="hnd", seqlen_k=[150, 17, 44]),
+    paged(dtype=FP8, hdim_q=128, page_size=5, page_table="sglang", kv_layout="nhd", mask="b:9,0,2"),
+    paged(dtype=FP8, hdim_q=64, page_size=1, page_table="vllm", kv_layout="nhd", seqlen_k=[140, 3, 64]),
+], ids=lambda p: f"{p.name()} {p.kv_layout}")
+def test_fp8_paged_tables_match_reference(emulate, problem):
+    """Part-filled last pages, spare pages and the table entries past a sequence all hold NaN."""
+    _assert_matches(problem, emulate(problem))
+
+
+# ----------------------------------------------------------------------------- 16-bit (the shared code paths)
+@pytest.mark.parametrize("problem", [
+    fwd(dtype="fp16", seqlen_k=300),
+    fwd(dtype="bf16", hdim_q=256, seqlen_q=20, seqlen_k=140, mask="t:8,-1,2", sink=True),
+    paged(dtype="bf16", hdim_q=64, page_size=16, page_table="sglang", kv_layout="hnd"),
+], ids=lambda p: p.name())
+def test_sixteen_bit_instances_match_reference(emulate, problem):
+    _assert_matches(problem, emulate(problem))
+
+
+# ----------------------------------------------------------------------------- host mirrors and pieces
+@pytest.mark.parametrize("dtype,hdim,block_k", [(FP8, 64, 128), (FP8, 128, 128), (FP8, 256, 64), (FP8, 128, 64),
+                                                ("fp16", 128, 128), ("bf16", 256, 64)])
+def test_host_shared_bytes_mirror_the_kernel(library, dtype, hdim, block_k):
+    spec = with_block_k(wgmma_candidates(Problem(dtype=dtype, hdim_q=hdim), "sm_90a")[0][1], block_k)
+    assert library(spec).smem_bytes() + 1024 == shared_bytes(hdim, hdim, {"block_k": block_k}, dtype)
+
+
+PIECES = r"""
+#include "fmha_port.h"
+#include "fmha_mma_sync.h"
+#include "fmha_wgmma_emulation.h"
+extern "C" void pack(const float* x, unsigned* out, int n)
+{
+    for (int i = 0; i < n; i += 4) out[i / 4] = fmha::wgmma_emu::pack_e4m3x4(x[i], x[i + 1], x[i + 2], x[i + 3]);
+}
+extern "C" unsigned perm(unsigned a, unsigned b, unsigned sel) { return fmha::wgmma_emu::byte_perm(a, b, sel); }
+"""
+
+
+@pytest.fixture(scope="module")
+def pieces(tmp_path_factory):
+    return _compile(tmp_path_factory.mktemp("wgmma_pieces"), "pieces", PIECES, [])
+
+
+def test_emulated_e4m3_pack_rounds_to_nearest_even_and_saturates(pieces):
+    """Against dtypes' encoder on every code's value (both signs), the midpoints between neighbours
+    (ties go to the even code) and values past 448."""
+    fn = dtypes.get(FP8)
+    values = dtypes.decode(np.arange(0x7f, dtype=np.uint8), fn).astype(np.float64)
+    mids = (values[:-1] + values[1:]) / 2
+    x = np.concatenate([values, mids, -values[1:], [448.0, 500.0, 1e6, 2.0 ** -12]]).astype(np.float32)
+    x = np.concatenate([x, np.zeros(-len(x) % 4, np.float32)])
+    out = np.zeros(len(x) // 4, np.uint32)
+    pieces.pack(x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p), len(x))
+    codes = out.view(np.uint8)
+    expect = dtypes.encode(x, fn)
+    np.testing.assert_array_equal(codes, expect)
+    assert codes[len(values)] % 2 == 0 and codes[len(values) + 1] % 2 == 0, "a tie went to an odd code"
+
+
+def test_emulated_byte_perm_picks_bytes_of_the_pair(pieces):
+    pieces.perm.restype = ctypes.c_uint
+    a, b = 0x33221100, 0x77665544
+    assert pieces.perm(a, b, 0x5140) == 0x55114400
+    assert pieces.perm(a, b, 0x7362) == 0x77336622
+    assert pieces.perm(a, b, 0x3210) == a and pieces.perm(a, b, 0x7654) == b
