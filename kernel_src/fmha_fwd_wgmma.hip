@@ -233,8 +233,9 @@ struct PagedTileCopier : Rows {
         unsigned char* const dst = tile + this->smem_offset;
 #pragma unroll
         for (int i = 0; i < kCopies; ++i) {
+            /* an absent row (-1) is not read (zero fill), so its address needs no select */
             const i64 offset = offsets[this->r0 + i * kStep];
-            copy16_async(dst + i * kSmemStep, offset >= 0 ? src + offset : src, offset >= 0);
+            copy16_async(dst + i * kSmemStep, src + offset, offset >= 0);
         }
     }
 };
