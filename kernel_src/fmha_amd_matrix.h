@@ -15,8 +15,8 @@
    the other arch does not compile.
 
    Nothing here ever ran on an AMD GPU (none is available to this project): the builtins are
-   compiled by clang for gfx90a/gfx942/gfx1100/gfx1201 (gfx950 needs clang >= 20: compiled once
-   by hand with Debian's clang-22, fp8 included, not by the tests) and the kernels are checked on
+   compiled by clang for gfx90a/gfx942/gfx950/gfx1100/gfx1201 (gfx950 needs clang >= 20: CI uses
+   Debian's clang-22, tests/test_mfma_compile.py) and the kernels are checked on
    the CPU emulation below, which implements the layouts literally.
 
    Fragment layouts: lane l, element e (A/B: 16-bit element e sits in bits 16*(e%2) of 32-bit

@@ -6,7 +6,7 @@
    row m <-> (query position m / G, head y*G + m % G).
 
    NEVER RUN ON AN AMD GPU: none is available to this project. The source is compiled by clang
-   for gfx90a, gfx942, gfx1100 and gfx1201 (tests/test_mfma_compile.py; gfx950 needs clang >= 20)
+   for gfx90a, gfx942, gfx950, gfx1100 and gfx1201 (tests/test_mfma_compile.py; gfx950 needs clang >= 20)
    and its results are checked on the CPU emulation of the matrix instructions
    (fmha_amd_matrix.h, tests/test_mfma_emulated.py). Speed is unknown.
 

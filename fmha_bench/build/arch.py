@@ -18,6 +18,12 @@ class Arch:
         return "co" if self.vendor == "amd" else "cubin"
 
     @property
+    def wave_size(self) -> int:
+        """Threads per wave that HIP compiles for by default: CDNA (gfx9) has wave64 only, RDNA
+        (gfx10 on) defaults to wave32, as do NVIDIA warps."""
+        return 64 if self.name.startswith("gfx9") else 32
+
+    @property
     def isa_version(self) -> str:
         """AMD device-lib spelling of the arch (`oclc_isa_version_<this>.bc`): gfx90a -> 90a."""
         return self.name[len("gfx"):]

@@ -4,10 +4,10 @@ and the choice of driver per arch.
 Preference per vendor (the first that is present and knows the arch wins):
   NVIDIA: nvcc (PATH, then $CUDA_HOME/bin), then NVRTC through cuda-bindings.
   AMD:    a ROCm install's clang (amdclang++ / clang++ / hipcc) under FMHA_BENCH_ROCM_PATH,
-          ROCM_PATH or /opt/rocm; else a distribution clang++-NN pointed at unpacked HIP headers
-          and device libraries (what .ci/setup-toolchains.sh prepares in .toolchain/; a checkout's
-          .toolchain/ is found without FMHA_BENCH_ROCM_PATH). Device code only: compiling needs
-          no HIP runtime and no GPU.
+          ROCM_PATH or /opt/rocm; else each distribution clang++-NN on PATH, newest first,
+          pointed at unpacked HIP headers and device libraries (what .ci/setup-toolchains.sh
+          prepares in .toolchain/; a checkout's .toolchain/ is found without
+          FMHA_BENCH_ROCM_PATH). Device code only: compiling needs no HIP runtime and no GPU.
 Commands are argument lists, never shell strings: defines and paths cannot inject anything.
 """
 from __future__ import annotations
@@ -28,6 +28,15 @@ COMPILE_TIMEOUT_S = 600
 # Upstream clang learned these arches late; older ones reject the --offload-arch.
 _MIN_UPSTREAM_CLANG = {"gfx950": 20, "gfx1201": 18}
 _OLDEST_USABLE_CLANG = 17
+# The unpacked toolchain is Debian's HIP 5.2 (headers and device libraries, 2022). A newer upstream
+# clang dropped three things those files rely on; from the clang major named, it gets them back:
+_COV5_FROM = 21       # clang 21 defaults to code object v6 (LLVM #130963), whose ABI library
+                      # (oclc_abi_version_600.bc) the HIP 5.2 device libraries lack: ask for v5,
+                      # what clang 19 emits by default
+_HIP_BC_FROM = 20     # clang 22 no longer links hip.bc, where HIP 5.2's __syncthreads barrier
+                      # lives; 20 and 21 are untested and get it too (a second link is harmless)
+_WAVE_MACRO_FROM = 22  # clang 22 removed __AMDGCN_WAVEFRONT_SIZE (LLVM #157463), which HIP 5.2
+                       # defines warpSize from
 _DEVICE_LIB_DIRS = ("lib/x86_64-linux-gnu/amdgcn/bitcode", "amdgcn/bitcode", "lib/amdgcn/bitcode")
 CHECKOUT_TOOLCHAIN = Path(__file__).resolve().parents[2] / ".toolchain" / "hip" / "usr"
 
@@ -171,6 +180,20 @@ class HipClang(_ToolCompiler):
     def _major(self) -> int:
         return int(self.version().split(".")[0]) if self.version() != "?" else 0
 
+    def _linker_dir(self) -> Path:
+        """Where clang looks for ld.lld first: its InstalledDir (Debian: /usr/lib/llvm-NN/bin)."""
+        match = re.search(r"^InstalledDir: (.+)$", self._version_text() or "", re.MULTILINE)
+        return Path(match.group(1)) if match else self.executable.resolve().parent
+
+    def available(self) -> str | None:
+        reason = super().available()
+        if reason or not self.upstream:
+            return reason  # a ROCm install ships its linker
+        if not (self._linker_dir() / "ld.lld").is_file() and not shutil.which("ld.lld"):
+            return (f"no ld.lld in {self._linker_dir()} or on PATH (AMD code objects are linked "
+                    f"with lld: install lld-{self._major()})")
+        return None
+
     def supports(self, arch: Arch) -> str | None:
         if arch.vendor != "amd":
             return f"{self.name} (HIP) cannot target {arch.name}"
@@ -185,12 +208,33 @@ class HipClang(_ToolCompiler):
 
     def flags(self, arch: Arch) -> list[str]:
         return ["-x", "hip", "-std=c++17", f"--offload-arch={arch.name}", "--cuda-device-only",
-                "--no-gpu-bundle-output", "-O3", "-c"]
+                "--no-gpu-bundle-output", "-O3", "-c", *self._hip52_flags(arch)]
+
+    def _hip52_flags(self, arch: Arch) -> list[str]:
+        """What an upstream clang newer than the unpacked HIP 5.2 files needs to build against
+        them (see _COV5_FROM); none for a ROCm clang, whose headers and libraries match it."""
+        if not self.upstream:
+            return []
+        flags = []
+        if (self._major() >= _COV5_FROM
+                and not (self.device_lib_dir / "oclc_abi_version_600.bc").is_file()):
+            flags.append("-mcode-object-version=5")
+        if self._major() >= _WAVE_MACRO_FROM:
+            flags.append(f"-D__AMDGCN_WAVEFRONT_SIZE={arch.wave_size}")
+        return flags
+
+    def _hip_bc_link(self) -> list[str]:
+        """hip.bc linked by hand where clang no longer links it (see _HIP_BC_FROM)."""
+        if not self.upstream or self._major() < _HIP_BC_FROM:
+            return []
+        hip_bc = self.device_lib_dir / "hip.bc"
+        return ["-Xclang", "-mlink-builtin-bitcode", "-Xclang", str(hip_bc)] if hip_bc.is_file() else []
 
     def command(self, spec: KernelSpec, out_path: Path) -> list[str]:
         paths = [f"--rocm-path={self.rocm_path}"]
         if self.device_lib_dir is not None:
             paths.append(f"--rocm-device-lib-path={self.device_lib_dir}")
+        paths += self._hip_bc_link()
         return [str(self.executable), *self.flags(spec.target), *paths, f"-I{spec.include_dir()}",
                 *spec.define_flags(), str(spec.source_path()), "-o", str(out_path)]
 
@@ -269,8 +313,9 @@ class Nvrtc(Compiler):
 # ----------------------------------------------------------------------------- discovery
 SYSTEM_ROCM = "/opt/rocm"
 INSTALL_NVIDIA = "install the CUDA toolkit (nvcc) and set CUDA_HOME, or pip install 'fmha-bench[cuda]' (NVRTC)"
-INSTALL_AMD = ("install ROCm and set FMHA_BENCH_ROCM_PATH, or install a recent clang and run "
-               ".ci/setup-toolchains.sh (unpacked HIP headers and device libraries)")
+INSTALL_AMD = ("install ROCm and set FMHA_BENCH_ROCM_PATH, or run .ci/setup-toolchains.sh (a recent "
+               "clang + lld, on Debian 12 clang-22 from bookworm-security, and unpacked HIP headers "
+               "and device libraries)")
 
 
 def _find_nvcc() -> Path | None:
@@ -282,13 +327,16 @@ def _find_nvcc() -> Path | None:
     return nvcc if nvcc and nvcc.is_file() else None
 
 
-def _find_upstream_clang() -> tuple[Path, str] | None:
-    """The newest clang++-NN on PATH, else plain clang++ (HipClang.supports checks its age)."""
+def _find_upstream_clangs() -> list[tuple[Path, str]]:
+    """Every clang++-NN on PATH, newest first, then plain clang++ unless it is one of those
+    (HipClang.supports checks each one's age against the arch)."""
+    found, seen = [], set()
     for name in [f"clang++-{n}" for n in range(30, _OLDEST_USABLE_CLANG - 1, -1)] + ["clang++"]:
         path = shutil.which(name)
-        if path:
-            return Path(path), name
-    return None
+        if path and Path(path).resolve() not in seen:
+            seen.add(Path(path).resolve())
+            found.append((Path(path), name))
+    return found
 
 
 def _rocm_roots() -> list[Path]:
@@ -296,26 +344,27 @@ def _rocm_roots() -> list[Path]:
     return [Path(r) for r in dict.fromkeys(r for r in roots if r) if Path(r).is_dir()]
 
 
-def _amd_compiler_at(root: Path) -> Compiler | str:
-    """A ROCm install's clang under `root`, or an upstream clang if `root` holds unpacked HIP
-    headers and device libraries; else why neither."""
+def _amd_compilers_at(root: Path) -> list[Compiler] | str:
+    """A ROCm install's clang under `root`, or every upstream clang (newest first) if `root`
+    holds unpacked HIP headers and device libraries; else why none."""
     for relative, name in (("llvm/bin/amdclang++", "amdclang++"), ("llvm/bin/clang++", "clang++"),
                            ("bin/hipcc", "hipcc")):
         if (root / relative).is_file():
-            return HipClang(root / relative, name, root)
+            return [HipClang(root / relative, name, root)]
     device_libs = next((root / d for d in _DEVICE_LIB_DIRS if (root / d).is_dir()), None)
     if not (root / "include/hip/hip_runtime.h").is_file() or device_libs is None:
         return f"{root} holds no ROCm clang and no unpacked HIP headers + device libraries"
-    clang = _find_upstream_clang()
-    if clang is None:
+    clangs = _find_upstream_clangs()
+    if not clangs:
         return f"{root} holds HIP headers but no clang++ is on PATH (install clang >= {_OLDEST_USABLE_CLANG})"
-    return HipClang(*clang, root, device_libs, upstream=True)
+    return [HipClang(path, name, root, device_libs, upstream=True) for path, name in clangs]
 
 
 def candidates(vendor: str) -> list[Compiler]:
     """Every compiler found for `vendor`, most preferred first."""
     if vendor == "amd":
-        return [c for c in map(_amd_compiler_at, _rocm_roots()) if not isinstance(c, str)]
+        return [c for found in map(_amd_compilers_at, _rocm_roots()) if not isinstance(found, str)
+                for c in found]
     nvcc = _find_nvcc()
     return ([Nvcc(nvcc)] if nvcc else []) + [Nvrtc()]
 
@@ -327,7 +376,7 @@ def _not_found(vendor: str) -> list[str]:
         where = f"nor at {home}/bin/nvcc (CUDA_HOME)" if home else "and CUDA_HOME is not set"
         return [] if _find_nvcc() else [f"nvcc: not on PATH {where}"]
     roots = _rocm_roots()
-    reasons = [c for c in map(_amd_compiler_at, roots) if isinstance(c, str)]
+    reasons = [c for c in map(_amd_compilers_at, roots) if isinstance(c, str)]
     explicit = config.rocm_path()
     if explicit and not Path(explicit).is_dir():
         reasons.insert(0, f"FMHA_BENCH_ROCM_PATH / ROCM_PATH {explicit}: no such directory")
