@@ -98,43 +98,62 @@ inline std::vector<unsigned>& a_slots()
     return slots;
 }
 
+/* d[i] (+)= sum over k < K of a(row, k) b(k, col) for this thread's accumulator elements (the
+   instruction's arithmetic, whatever the operand types). */
+template <int N, int K, class A, class B>
+void accumulate_products(float* d, int accumulate, const A& a, const B& b)
+{
+    for (int i = 0; i < N / 2; ++i) {
+        int row, col;
+        d_position(i, row, col);
+        float acc = accumulate ? d[i] : 0.f;
+        for (int k = 0; k < K; ++k) acc = std::fma(a(row, k), b(k, col), acc);
+        d[i] = acc;
+    }
+}
+
+/* An A operand from registers: every thread of the block publishes its 4 words, then
+   a_word(row, word) reads the word of the warpgroup's thread that holds that row (rows 16 w ..
+   of warp w; lane 4 (r % 8) + q; words r >= 8 and the upper k half at + 1 and + 2). Call
+   rs_finish() after the products, so the slots are not overwritten while others read them. */
+struct RegisterA {
+    std::vector<unsigned>& slots = a_slots();
+    const unsigned group = threadIdx.x & ~127u;
+    explicit RegisterA(const unsigned* a)
+    {
+        std::memcpy(&slots[4 * threadIdx.x], a, 16);
+        fmha_barrier();
+    }
+    /* q: the lane's k quarter (k16: (k % 8) / 2; k32: (k % 16) / 4); upper: k in the upper half */
+    unsigned word(int row, int q, bool upper) const
+    {
+        const int r = row % 16;
+        return slots[4 * (group + 32 * (row / 16) + 4 * (r % 8) + q) + (r >= 8) + 2 * upper];
+    }
+    ~RegisterA() { fmha_barrier(); }
+};
+
 template <class Type, int N>
 struct WgmmaOps {
     /* D (+)= A B, A and B K-major in shared memory. */
     static void ss(float* d, unsigned long long a, unsigned long long b, int accumulate)
     {
         const Descriptor da(a), db(b);
-        for (int i = 0; i < N / 2; ++i) {
-            int row, col;
-            d_position(i, row, col);
-            float acc = accumulate ? d[i] : 0.f;
-            for (int k = 0; k < 16; ++k)
-                acc = std::fma(decode<Type>(da.kmajor(row, k)), decode<Type>(db.kmajor(col, k)), acc);
-            d[i] = acc;
-        }
+        accumulate_products<N, 16>(d, accumulate, [&](int row, int k) { return decode<Type>(da.kmajor(row, k)); },
+                                   [&](int k, int col) { return decode<Type>(db.kmajor(col, k)); });
     }
     /* D (+)= A B, A in registers, B N-major in shared memory. */
     static void rs(float* d, const unsigned* a, unsigned long long b, int accumulate)
     {
-        std::vector<unsigned>& slots = a_slots();
-        std::memcpy(&slots[4 * threadIdx.x], a, 16);
-        fmha_barrier();
+        const RegisterA ra(a);
         const Descriptor db(b);
-        const unsigned group = threadIdx.x & ~127u;
-        for (int i = 0; i < N / 2; ++i) {
-            int row, col;
-            d_position(i, row, col);
-            float acc = accumulate ? d[i] : 0.f;
-            for (int k = 0; k < 16; ++k) {
-                const int r = row % 16;
-                const unsigned lane = group + 32 * (row / 16) + 4 * (r % 8) + (k % 8) / 2;
-                const unsigned word = slots[4 * lane + (r >= 8) + 2 * (k >= 8)];
-                const unsigned short bits = (unsigned short)(k % 2 ? word >> 16 : word);
-                acc = std::fma(decode<Type>(bits), decode<Type>(db.nmajor(k, col)), acc);
-            }
-            d[i] = acc;
-        }
-        fmha_barrier();
+        accumulate_products<N, 16>(
+            d, accumulate,
+            [&](int row, int k) {
+                const unsigned word = ra.word(row, (k % 8) / 2, k >= 8);
+                return decode<Type>((unsigned short)(k % 2 ? word >> 16 : word));
+            },
+            [&](int k, int col) { return decode<Type>(db.nmajor(k, col)); });
     }
 };
 
@@ -168,38 +187,21 @@ struct WgmmaOps<wg_e4m3, N> {
     static void ss(float* d, unsigned long long a, unsigned long long b, int accumulate)
     {
         const Descriptor da(a), db(b);
-        for (int i = 0; i < N / 2; ++i) {
-            int row, col;
-            d_position(i, row, col);
-            float acc = accumulate ? d[i] : 0.f;
-            for (int k = 0; k < 32; ++k)
-                acc = std::fma(fmha_fp8_e4m3fn_to_float(kmajor_byte(da, row, k)),
-                               fmha_fp8_e4m3fn_to_float(kmajor_byte(db, col, k)), acc);
-            d[i] = acc;
-        }
+        accumulate_products<N, 32>(
+            d, accumulate, [&](int row, int k) { return fmha_fp8_e4m3fn_to_float(kmajor_byte(da, row, k)); },
+            [&](int k, int col) { return fmha_fp8_e4m3fn_to_float(kmajor_byte(db, col, k)); });
     }
     /* D (+)= A B, A in registers, B K-major in shared memory. */
     static void rs(float* d, const unsigned* a, unsigned long long b, int accumulate)
     {
-        std::vector<unsigned>& slots = a_slots();
-        std::memcpy(&slots[4 * threadIdx.x], a, 16);
-        fmha_barrier();
+        const RegisterA ra(a);
         const Descriptor db(b);
-        const unsigned group = threadIdx.x & ~127u;
-        for (int i = 0; i < N / 2; ++i) {
-            int row, col;
-            d_position(i, row, col);
-            float acc = accumulate ? d[i] : 0.f;
-            for (int k = 0; k < 32; ++k) {
-                const int r = row % 16;
-                const unsigned lane = group + 32 * (row / 16) + 4 * (r % 8) + (k % 16) / 4;
-                const unsigned word = slots[4 * lane + (r >= 8) + 2 * (k >= 16)];
-                const unsigned char code = (unsigned char)(word >> 8 * (k % 4));
-                acc = std::fma(fmha_fp8_e4m3fn_to_float(code), fmha_fp8_e4m3fn_to_float(kmajor_byte(db, col, k)), acc);
-            }
-            d[i] = acc;
-        }
-        fmha_barrier();
+        accumulate_products<N, 32>(
+            d, accumulate,
+            [&](int row, int k) {
+                return fmha_fp8_e4m3fn_to_float((unsigned char)(ra.word(row, (k % 16) / 4, k >= 16) >> 8 * (k % 4)));
+            },
+            [&](int k, int col) { return fmha_fp8_e4m3fn_to_float(kmajor_byte(db, col, k)); });
     }
 };
 
