@@ -31,6 +31,23 @@ def test_object_lands_under_arch_with_the_instance_name(compiler, tmp_path):
     assert result.path.read_bytes().endswith(b"code") and result.size_bytes == result.path.stat().st_size
 
 
+def test_a_source_edited_during_the_build_still_gets_its_result(compiler, tmp_path, monkeypatch):
+    import shutil
+    from build_support import TINY
+    from fmha_bench.build import cache
+    source = tmp_path / "tiny.hip"
+    shutil.copy(TINY, source)
+    real_build_instance = cache.build_instance
+
+    def edit_then_build(spec, *args):   # another process saves the kernel source mid-build
+        source.write_text(source.read_text() + "\n// edited\n")
+        return real_build_instance(spec, *args)
+
+    monkeypatch.setattr(cache, "build_instance", edit_then_build)
+    (result,) = build([tiny_spec("gfx942", source=source)], compiler, tmp_path / "cache").values()
+    assert result is not None and result.status == "built"
+
+
 def test_second_build_compiles_nothing_and_reports_cached(compiler, tmp_path):
     specs = [tiny_spec("gfx942"), tiny_spec("gfx90a"), tiny_spec("gfx1100")]
     first = build(specs, compiler, tmp_path / "cache")

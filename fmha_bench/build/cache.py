@@ -126,9 +126,11 @@ def build_all(specs: Iterable[KernelSpec], *, jobs: int | None = None, force: bo
             name = instance_name(spec, compiler)
             results.setdefault(name, None)  # keeps the order of `specs`
             todo.setdefault(name, (spec, compiler))
+    # Keyed by the name taken above: a kernel source edited during the build gives the built
+    # instance another name (build_instance hashes the source again), and its slot must not stay empty.
     with ThreadPoolExecutor(max_workers=jobs or config.jobs()) as pool:
-        for done in pool.map(lambda job: build_instance(*job, root, force), todo.values()):
-            results[done.name] = done
+        for name, done in zip(todo, pool.map(lambda job: build_instance(*job, root, force), todo.values())):
+            results[name] = done
     return results
 
 
