@@ -45,3 +45,10 @@ def test_fp8_tensor_core_logit_error_widens_lse_and_o_tolerance_with_the_qk_norm
 def test_fp32_p_gets_a_tighter_bound_than_rounded_p():
     p = Problem(dtype="fp16", seqlen_q=4096)
     assert tolerance_for(p, 4.0, "fp32").atol < tolerance_for(p, 4.0, "input").atol / 10
+
+
+def test_largest_row_norm_skips_rows_of_unused_nan_cache_slots():
+    from fmha_bench.point_runner import _largest_row_norm
+    rows = np.array([[3.0, 4.0], [np.nan, np.nan], [1.0, 1.0]], np.float32)
+    assert _largest_row_norm(rows) == pytest.approx(5.0)
+    assert _largest_row_norm(np.full((2, 2), np.nan, np.float32)) == 0.0
