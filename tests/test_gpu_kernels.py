@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from gpu_support import open_gpu
 
 from fmha_bench.problem import Problem
 
@@ -17,17 +18,13 @@ pytestmark = pytest.mark.gpu
 def gpu(request):
     """Every case runs with the dispatcher's pick and with each kernel family forced: wgmma
     (sm_90a), mma.sync, portable (skipped where the forced family does not run the case)."""
-    from fmha_bench.backends import BackendUnavailable, open_backend
-    try:
-        backend = open_backend(0)
-    except BackendUnavailable as e:
-        pytest.skip(f"no GPU: {e}")
+    backend, device = open_gpu()
     from fmha_bench.providers.fmha import FmhaProvider
     provider = FmhaProvider()
     forced = {"wgmma": "_wgmma_", "mma": "_mma_", "portable": "portable"}.get(request.param)   # "_mma_": not wgmma
     if forced:
         provider.force_kernel(forced)
-    return backend, backend.device_info(), provider
+    return backend, device, provider
 
 
 def _check(gpu, problem):

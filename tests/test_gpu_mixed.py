@@ -4,6 +4,7 @@ launches, validated in full with outputs poisoned before the launch."""
 from __future__ import annotations
 
 import pytest
+from gpu_support import open_gpu
 
 from fmha_bench.problem import Problem
 from fmha_bench.timing import MeasureSettings
@@ -13,14 +14,10 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module", params=["persistent", "persistent-q128k64w8", "persistent-q128k32w4", "separate"])
 def gpu(request):
-    from fmha_bench.backends import BackendUnavailable, open_backend
-    try:
-        backend = open_backend(0)
-    except BackendUnavailable as e:
-        pytest.skip(f"no GPU: {e}")
+    backend, device = open_gpu()
     from fmha_bench.providers.fmha import FmhaProvider
     tag = None if request.param == "persistent" else request.param
-    return backend, backend.device_info(), FmhaProvider(tag)
+    return backend, device, FmhaProvider(tag)
 
 
 def _check(gpu, problem, measure=None):

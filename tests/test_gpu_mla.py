@@ -9,6 +9,7 @@ Every case is validated in full (every output row) with outputs poisoned before 
 from __future__ import annotations
 
 import pytest
+from gpu_support import open_gpu
 
 from fmha_bench.kernels_mla import TILES, WGMMA_TAG, tile_tag
 from fmha_bench.problem import Problem
@@ -25,16 +26,12 @@ FORCED = {"wgmma": "mla-wgmma", "mma": "_mla_q", "portable": "portable"}
 def gpu(request):
     """Every case with the dispatcher's pick and with each kernel forced (skipped where the forced
     kernel does not run the case: the wgmma kernel off sm_90a, the portable kernel past its limits)."""
-    from fmha_bench.backends import BackendUnavailable, open_backend
-    try:
-        backend = open_backend(0)
-    except BackendUnavailable as e:
-        pytest.skip(f"no GPU: {e}")
+    backend, device = open_gpu()
     from fmha_bench.providers.fmha import FmhaProvider
     provider = FmhaProvider()
     if request.param in FORCED:
         provider.force_kernel(FORCED[request.param])
-    return backend, backend.device_info(), provider
+    return backend, device, provider
 
 DEEPSEEK = dict(family="mla", nhead_k=1, hdim_q=576, hdim_v=512, kv_layout="nhd", dtype="bf16", mask="b",
                 page_size=64, lse=True)
@@ -76,12 +73,7 @@ def test_windows_sinks_soft_cap_empty_sequences_and_the_target_shape(gpu, proble
 
 @pytest.fixture(scope="module")
 def device():
-    from fmha_bench.backends import BackendUnavailable, open_backend
-    try:
-        backend = open_backend(0)
-    except BackendUnavailable as e:
-        pytest.skip(f"no GPU: {e}")
-    return backend, backend.device_info()
+    return open_gpu()
 
 
 @pytest.mark.parametrize("tag", [WGMMA_TAG] + [tile_tag(t) for t in TILES])

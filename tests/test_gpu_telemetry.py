@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gpu_support import open_gpu
 
 from fmha_bench.problem import Problem
 
@@ -15,12 +16,7 @@ SPLIT = Problem(family="paged", batch=2, seqlen_q=1, seqlen_k=4096, nhead_q=8, n
 
 @pytest.fixture(scope="module")
 def gpu():
-    from fmha_bench.backends import BackendUnavailable, open_backend
-    try:
-        backend = open_backend(0)
-    except BackendUnavailable as e:
-        pytest.skip(f"no GPU: {e}")
-    return backend, backend.device_info()
+    return open_gpu()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ on our device buffers, matches the NumPy reference, and agrees with our kernel p
 from __future__ import annotations
 
 import pytest
+from gpu_support import open_gpu
 
 from fmha_bench.problem import Problem
 
@@ -13,12 +14,7 @@ BACKENDS = ["flash", "cudnn", "efficient", "math"]
 @pytest.fixture(scope="module")
 def gpu():
     pytest.importorskip("torch")
-    from fmha_bench.backends import BackendUnavailable, open_backend
-    try:
-        backend = open_backend(0)
-    except BackendUnavailable as e:
-        pytest.skip(f"no GPU: {e}")
-    return backend, backend.device_info()
+    return open_gpu()
 
 
 def _provider(name):

@@ -25,6 +25,7 @@ from fmha_bench.problem import Problem
 from fmha_bench.reference import RefOutput, attention, split_partials
 from fmha_bench.reference.layout import output_shapes
 from fmha_bench.session import INPUT_FIELDS, TABLE_FIELDS
+from fmha_bench.validate import compare, tolerance_for
 
 KERNEL_SRC = repo_header_path().parent
 CXX = shutil.which("g++")
@@ -174,17 +175,33 @@ def emulate(launch):
     return run
 
 
+def assert_lse_matches(problem, lse, ref_lse):
+    """LSE within 1e-4 with the reference's infinities, or untouched (NaN) when not asked for."""
+    if problem.lse:
+        np.testing.assert_array_equal(np.isinf(lse), np.isinf(ref_lse))
+        np.testing.assert_allclose(lse, ref_lse, atol=1e-4, rtol=0)
+    else:
+        assert np.isnan(lse).all(), "LSE written although the problem asks for none"
+
+
+def assert_matches_with_rounded_p(problem, o, lse, inputs, v_abs_max: float):
+    """O and LSE against the reference under the runner's tolerance for a kernel that rounds P to
+    the input type (validate.py); `v_abs_max` the largest dequantised V value."""
+    ref = attention(problem, inputs)
+    tol = tolerance_for(problem, v_abs_max, "input")
+    assert not np.isnan(o).any(), "unwritten or NaN output elements (a poisoned slot was read?)"
+    check = compare(o, ref.o, tol.atol, tol.rtol)
+    assert check.passed, f"{check.mismatches} of {check.count} off, max abs {check.max_abs:.3g}"
+    assert_lse_matches(problem, lse, ref.lse)
+
+
 def _assert_matches(problem, run: Emulated):
-    ref, o, lse = run.ref, run.o, run.lse
+    ref, o = run.ref, run.o
     tol = 4 * problem.out_dt.eps  # output rounding plus fp32 accumulation over short rows
     assert not np.isnan(o).any(), "unwritten or NaN output elements"
     bad = ~(np.abs(o - ref.o) <= tol + tol * np.abs(ref.o))
     assert not bad.any(), f"{bad.sum()} of {bad.size} outputs off; max abs error {np.abs(o - ref.o).max():.3g}"
-    if problem.lse:
-        np.testing.assert_array_equal(np.isinf(lse), np.isinf(ref.lse))
-        np.testing.assert_allclose(lse, ref.lse, atol=1e-4, rtol=0)
-    else:
-        assert np.isnan(lse).all(), "LSE written although the problem asks for none"
+    assert_lse_matches(problem, run.lse, ref.lse)
 
 
 @pytest.mark.parametrize("mask", ["0", "t", "b", "t:3,5", "b:-1,0,4", "t:8,-1,2", "xb:20"])

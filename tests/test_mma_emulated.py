@@ -16,14 +16,13 @@ import dataclasses
 
 import numpy as np
 import pytest
-from test_kernels_emulated import CXX, host_buffers_with_nan_page, kernel_libraries, run_emulated
+from test_kernels_emulated import (CXX, assert_matches_with_rounded_p, host_buffers_with_nan_page, kernel_libraries,
+                                   run_emulated)
 
 from fmha_bench import dtypes
 from fmha_bench.kernels import kernel_args
 from fmha_bench.kernels_mma import mma_candidates, mma_launch_config
 from fmha_bench.problem import Problem
-from fmha_bench.reference import attention
-from fmha_bench.validate import compare, tolerance_for
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="needs g++ (C++20) to build the CPU emulation")
 
@@ -70,18 +69,9 @@ def emulate(library):
 
 
 def _assert_matches(problem: Problem, run: Emulated):
-    """The runner's tolerance for a kernel that rounds P to the input type (validate.py)."""
-    ref = attention(problem, run.inputs)
     v = run.inputs.decoded("v")
-    tol = tolerance_for(problem, float(np.abs(v[np.isfinite(v)]).max()) * run.inputs.v_descale, "input")
-    assert not np.isnan(run.o).any(), "unwritten or NaN output elements (a poisoned slot was read?)"
-    check = compare(run.o, ref.o, tol.atol, tol.rtol)
-    assert check.passed, f"{check.mismatches} of {check.count} off, max abs {check.max_abs:.3g}"
-    if problem.lse:
-        np.testing.assert_array_equal(np.isinf(run.lse), np.isinf(ref.lse))
-        np.testing.assert_allclose(run.lse, ref.lse, atol=1e-4, rtol=0)
-    else:
-        assert np.isnan(run.lse).all(), "LSE written although the problem asks for none"
+    assert_matches_with_rounded_p(problem, run.o, run.lse, run.inputs,
+                                  float(np.abs(v[np.isfinite(v)]).max()) * run.inputs.v_descale)
 
 
 # ----------------------------------------------------------------------------- dense K/V
