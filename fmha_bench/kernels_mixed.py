@@ -1,8 +1,9 @@
 """Host side of family mixed (SPEC 9: prefill and decode requests of one batch over one paged
 cache). The dispatcher offers two ways to run such a point, so a sweep times them side by side:
 
-- `persistent-<tile>` (the dispatcher's pick: provider `fmha`): the tensor-core kernel built with
-  FMHA_PERSISTENT launches a fixed grid (`persistent_blocks`: PERSISTENT_BLOCKS_PER_SM blocks per
+- `persistent-<tile>` (the dispatcher's pick: provider `fmha`): a tensor-core forward kernel
+  (fmha_fwd_wgmma.hip on sm_90a, first; fmha_fwd_mma.hip on sm_80+) built with FMHA_PERSISTENT
+  launches a fixed grid (`persistent_blocks`: PERSISTENT_BLOCKS_PER_SM blocks per
   SM, fewer where two do not fit) whose blocks walk a work plan (mixed_plan.py) held in a device
   buffer; then fmha_combine.hip's fmha_merge_items, also a fixed grid, merges the rows whose keys
   the plan split. Neither launch's shape nor its argument bytes depend on the batch composition
@@ -19,11 +20,12 @@ dispatch.DECODE_ROWS, the rule by which the dispatcher gives decode points its s
 """
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 from typing import Union
 
-from . import archs, kernel_params, kernels, kernels_mma
+from . import archs, kernel_params, kernels, kernels_mma, kernels_wgmma
 from .build.instance import KernelSpec
 from .inputs import Inputs
 from .mixed_plan import MixedPlan, make_plan
@@ -37,14 +39,18 @@ PERSISTENT_BLOCKS_PER_SM = 2
 # opt-in limit of arch_specs.json is the SM's shared memory minus that reserve).
 REGISTERS_PER_SM, MAX_REGISTERS_PER_THREAD, SHARED_RESERVED_PER_BLOCK = 65536, 255, 1024
 MIXED_ARG_POINTERS = ("plan", "o_part", "lse_part")   # after FmhaParams in FmhaMixedArgs (fmha_work_plan.h)
+PERSISTENT_ENTRIES = {kernels_wgmma.WGMMA_SOURCE: "fmha_fwd_wgmma_persistent",
+                      kernels_mma.MMA_SOURCE: "fmha_fwd_mma_persistent"}
 
 
 # ----------------------------------------------------------------------------- candidates
 def mixed_candidates(problem: Problem, arch: str) -> Union[list, str]:
     """[(tag, KernelSpec)] for a family mixed problem, the dispatcher's pick first: the persistent
-    instance of each mma.sync tile (the smallest row tile first: decode rows waste least of it),
-    then `separate` (its spec: the first part's instance) when the batch splits into parts (so
-    arches without mma.sync run the point too); or the reasons neither runs it."""
+    instance of each wgmma tile (sm_90a: prefill rows run twice as fast as on mma.sync, and decode
+    rows read K/V faster through its 128-key stages), then of each mma.sync tile (the smallest row
+    tile first: decode rows waste least of it), then `separate` (its spec: the first part's
+    instance) when the batch splits into parts (so arches without either kernel run the point
+    too); or the reasons none runs it."""
     try:
         problem.validate()
     except ProblemError as e:
@@ -54,14 +60,18 @@ def mixed_candidates(problem: Problem, arch: str) -> Union[list, str]:
         return refusal
     if max(problem.seqlens_q()) * problem.group_size > kernels.INT32_MAX:
         return "query rows per KV head exceed the plan's 32-bit row index"
-    mma = kernels_mma.mma_candidates(problem, arch)
-    found = [] if isinstance(mma, str) else sorted(
-        ((f"persistent-{tag.removeprefix('mma-')}", kernels_mma.persistent_spec(spec)) for tag, spec in mma),
-        key=lambda item: kernels_mma.spec_tile(item[1])["block_q"])
+    found, reasons = [], []
+    for family, prefix in ((kernels_wgmma.wgmma_candidates, "wgmma-"), (kernels_mma.mma_candidates, "mma-")):
+        tiles = family(problem, arch)
+        if isinstance(tiles, str):
+            reasons.append(f"persistent kernel: {tiles}")
+            continue
+        found += sorted(((f"persistent-{tag.removeprefix(prefix)}", persistent_spec(spec)) for tag, spec in tiles),
+                        key=lambda item: persistent_shape(item[1]).block_q)
     parts = separate_parts(problem, arch)
     if not isinstance(parts, str):
         found.append((SEPARATE_TAG, parts[0].spec))
-    return found or f"persistent kernel: {mma}; separate launches: {parts}"
+    return found or "; ".join([*reasons, f"separate launches: {parts}"])
 
 
 def candidate_instances(problem: Problem, arch: str, tag: str, spec: KernelSpec) -> list:
@@ -83,29 +93,54 @@ def every_instance(problem: Problem, arch: str) -> list:
 
 
 # ----------------------------------------------------------------------------- persistent launch
-def _tile_and_shared(spec: KernelSpec) -> tuple[dict, int, int]:
-    """(tile, dynamic shared bytes, static shared bytes) of a persistent instance."""
-    tile, defines = kernels_mma.spec_tile(spec), dict(spec.defines)
-    dynamic = kernels_mma.shared_bytes(int(defines["FMHA_HDIM_Q"]), int(defines["FMHA_HDIM_V"]), tile)
-    return tile, dynamic, kernels_mma.static_shared_bytes(tile, defines["FMHA_KV_SOURCE"] == "paged")
+def persistent_spec(spec: KernelSpec) -> KernelSpec:
+    """The persistent instance of a forward candidate: same tile and flags, FMHA_PERSISTENT entry."""
+    return dataclasses.replace(spec, entry=PERSISTENT_ENTRIES[spec.source],
+                               defines=spec.defines + (("FMHA_PERSISTENT", "1"),), label=f"{spec.label}_persistent")
+
+
+@dataclass(frozen=True)
+class PersistentShape:
+    block_q: int           # rows per work item (and per partial slot)
+    block_k: int           # keys per tile: plans cut keys at its multiples
+    threads: int
+    max_blocks_per_sm: int  # what the instance's registers allow
+    dynamic_shared: int
+    static_shared: int
+
+
+def persistent_shape(spec: KernelSpec) -> PersistentShape:
+    """Tile, threads and shared memory of a persistent instance (of either kernel)."""
+    defines = dict(spec.defines)
+    hdim_q, hdim_v, paged = int(defines["FMHA_HDIM_Q"]), int(defines["FMHA_HDIM_V"]), defines["FMHA_KV_SOURCE"] == "paged"
+    if spec.source == kernels_wgmma.WGMMA_SOURCE:
+        tile = kernels_wgmma.spec_tile(spec)
+        # __launch_bounds__(threads, FMHA_BLOCKS_PER_SM) sizes the registers for exactly that many blocks
+        return PersistentShape(kernels_wgmma.BLOCK_Q, tile["block_k"], kernels_wgmma.THREADS, tile["blocks_per_sm"],
+                               kernels_wgmma.shared_bytes(hdim_q, hdim_v, tile, defines["FMHA_DTYPE"]),
+                               kernels_wgmma.static_shared_bytes(tile, paged))
+    tile = kernels_mma.spec_tile(spec)
+    threads = 32 * tile["warps"]
+    return PersistentShape(tile["block_q"], tile["block_k"], threads,
+                           REGISTERS_PER_SM // (threads * MAX_REGISTERS_PER_THREAD),
+                           kernels_mma.shared_bytes(hdim_q, hdim_v, tile), kernels_mma.static_shared_bytes(tile, paged))
 
 
 def persistent_blocks(spec: KernelSpec, arch: str, sm_count: int) -> int:
-    """The persistent grid: PERSISTENT_BLOCKS_PER_SM per SM, or as many as the instance's threads
-    (at up to 255 registers each) and shared memory let reside on one SM (at least one)."""
-    tile, dynamic, static = _tile_and_shared(spec)
+    """The persistent grid: PERSISTENT_BLOCKS_PER_SM per SM, or as many as the instance's
+    registers and shared memory let reside on one SM (at least one)."""
+    shape = persistent_shape(spec)
     limits = archs.get_arch(arch)
     sm_shared = limits.get("shared_bytes_optin", limits["shared_bytes_per_block"]) + SHARED_RESERVED_PER_BLOCK
-    by_shared = sm_shared // (dynamic + static + SHARED_RESERVED_PER_BLOCK)
-    by_registers = REGISTERS_PER_SM // (32 * tile["warps"] * MAX_REGISTERS_PER_THREAD)
-    return sm_count * max(1, min(PERSISTENT_BLOCKS_PER_SM, by_registers, by_shared))
+    by_shared = sm_shared // (shape.dynamic_shared + shape.static_shared + SHARED_RESERVED_PER_BLOCK)
+    return sm_count * max(1, min(PERSISTENT_BLOCKS_PER_SM, shape.max_blocks_per_sm, by_shared))
 
 
 def persistent_launch_config(spec: KernelSpec, arch: str, sm_count: int) -> tuple[tuple, tuple, int]:
     """(grid, block, dynamic shared bytes) of the persistent kernel: a function of the instance and
     the device only."""
-    tile, dynamic, _ = _tile_and_shared(spec)
-    return (persistent_blocks(spec, arch, sm_count), 1, 1), (32 * tile["warps"], 1, 1), dynamic
+    shape = persistent_shape(spec)
+    return (persistent_blocks(spec, arch, sm_count), 1, 1), (shape.threads, 1, 1), shape.dynamic_shared
 
 
 def merge_launch_config(num_blocks: int) -> tuple[tuple, tuple, int]:
@@ -116,8 +151,8 @@ def merge_launch_config(num_blocks: int) -> tuple[tuple, tuple, int]:
 
 def plan_for(problem: Problem, spec: KernelSpec, arch: str, sm_count: int) -> MixedPlan:
     """The work plan of `problem` for the persistent grid of `spec` on a device of `sm_count` SMs."""
-    tile = kernels_mma.spec_tile(spec)
-    return make_plan(problem, tile["block_q"], tile["block_k"], persistent_blocks(spec, arch, sm_count))
+    shape = persistent_shape(spec)
+    return make_plan(problem, shape.block_q, shape.block_k, persistent_blocks(spec, arch, sm_count))
 
 
 def plan_workspace_bytes(plan: MixedPlan, hdim_v: int) -> dict[str, int]:

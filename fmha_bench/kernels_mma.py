@@ -5,12 +5,11 @@ It takes the same FmhaParams as the portable kernel (kernels.kernel_args) and th
 (tile of query rows, KV head, sequence); only the tile and the dynamic shared memory differ.
 Candidates come from the arch's `mma_tiles` in kernel_src/arch_specs.json, the default first;
 tiles whose shared memory exceeds what the arch lets a block opt in to are left out.
-`persistent_spec` turns a candidate into its persistent instance (FMHA_PERSISTENT: a fixed grid
-walking a work plan, family mixed; see kernels_mixed.py).
+kernels_mixed.persistent_spec turns a candidate into its persistent instance (FMHA_PERSISTENT:
+a fixed grid walking a work plan, family mixed).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Union
 
@@ -19,7 +18,6 @@ from .build.instance import KernelSpec
 from .problem import Problem
 
 MMA_SOURCE, MMA_ENTRY = "fmha_fwd_mma.hip", "fmha_fwd_mma"
-MMA_PERSISTENT_ENTRY = "fmha_fwd_mma_persistent"
 MMA_DTYPES = ("fp16", "bf16")
 
 
@@ -80,12 +78,6 @@ def mma_candidates(problem: Problem, arch: str) -> Union[list, str]:
     cap = problem.soft_cap > 0
     return [(tile_tag(t), _spec(arch, problem.dtype, problem.hdim_q, problem.hdim_v, kv_source, cap, t))
             for t in fitting]
-
-
-def persistent_spec(spec: KernelSpec) -> KernelSpec:
-    """The persistent instance of a candidate: same tile and flags, entry fmha_fwd_mma_persistent."""
-    return dataclasses.replace(spec, entry=MMA_PERSISTENT_ENTRY, defines=spec.defines + (("FMHA_PERSISTENT", "1"),),
-                               label=f"{spec.label}_persistent")
 
 
 def spec_tile(spec: KernelSpec) -> dict:

@@ -83,9 +83,15 @@ def wgmma_candidates(problem: Problem, arch: str) -> Union[list, str]:
             for t in fitting]
 
 
-def wgmma_launch_config(spec: KernelSpec, problem: Problem) -> tuple[tuple, tuple, int]:
+def spec_tile(spec: KernelSpec) -> dict:
+    """The tile an instance was built with (the arch_specs.json form)."""
     defines = dict(spec.defines)
-    tile = {"block_k": int(defines["FMHA_BLOCK_K"])}
+    return {"block_q": BLOCK_Q, "block_k": int(defines["FMHA_BLOCK_K"]),
+            "blocks_per_sm": int(defines.get("FMHA_BLOCKS_PER_SM", 1))}
+
+
+def wgmma_launch_config(spec: KernelSpec, problem: Problem) -> tuple[tuple, tuple, int]:
+    tile = spec_tile(spec)
     rows = max(problem.seqlens_q()) * problem.group_size
     grid = (max(1, math.ceil(rows / BLOCK_Q)), problem.nhead_k, problem.batch)
     return grid, (THREADS, 1, 1), shared_bytes(problem.hdim_q, problem.hdim_v, tile, problem.dtype)

@@ -41,6 +41,7 @@
 #include "fmha_params.h"
 #include "fmha_fwd_common.h"
 #include "fmha_mma_sync.h"
+#include "fmha_tc_common.h"
 #include "fmha_work_plan.h"
 
 #ifndef FMHA_PERSISTENT
@@ -150,59 +151,6 @@ struct ResolvedRows {
 
 struct NoRowTable {};   /* dense: nothing to resolve ahead */
 
-/* Keys past any sequence: an item's key_end when it takes every key (one tile index stays in int). */
-constexpr int kAllKeys = 1 << 30;
-
-/* The key tiles KeyTiles visits that lie in an item's keys [key_begin, key_end): its sink tiles,
-   then its window tiles, each range cut to the item's (plans cut keys at multiples of BLOCK_K, so
-   no tile is cut). Only persistent instances cut: elsewhere an item has every key, and the
-   arithmetic stays KeyTiles' own (no extra live register in the key loop). */
-struct ItemTiles {
-    KeyTiles<kBK> all;
-    int sink_begin, sink_count, window_begin, count;
-
-    FMHA_DEVICE ItemTiles(const MaskSpec& mask, int i_first, int i_last, int key_begin, int key_end)
-        : all(mask, i_first, i_last), sink_begin(0), sink_count(all.sink_tiles), window_begin(all.window_begin),
-          count(all.count)
-    {
-        if (!kPersistent) return;
-        const int tile_begin = key_begin / kBK, tile_end = (key_end + kBK - 1) / kBK;
-        const int window_end = all.window_begin + (all.count - all.sink_tiles);
-        sink_begin = imin(tile_begin, all.sink_tiles);
-        sink_count = imax(imin(tile_end, all.sink_tiles) - sink_begin, 0);
-        window_begin = imax(all.window_begin, tile_begin);
-        count = sink_count + imax(imin(window_end, tile_end) - window_begin, 0);
-    }
-
-    FMHA_DEVICE int first_key(int t) const
-    {
-        return (t < sink_count ? sink_begin + t : window_begin + (t - sink_count)) * kBK;
-    }
-    FMHA_DEVICE bool all_visible(int j0) const { return all.all_visible(j0); }
-};
-
-/* Where a persistent item's partial goes: slot s holds rows s * kBQ .. of these. */
-struct PartialSlots {
-    float* o;     /* [slots][kBQ][kDv] */
-    float* lse;   /* [slots][kBQ] */
-};
-
-/* Query positions of sequence b: the first token's row and the count. */
-FMHA_DEVICE void query_sequence(const FmhaParams& p, int b, int& first, int& length)
-{
-    first = 0;
-    length = p.max_seqlen_q;
-    if (p.group_mode) {
-        const int* seqstart = (const int*)p.seqstart_q;
-        first = seqstart[b];
-        length = seqstart[b + 1] - first;
-    }
-}
-
-}  // namespace fmha
-
-namespace fmha {
-
 /* One work item's attention (rows of one (sequence, KV head) of a query sequence starting at row
    q_first with seqlen_q positions). SoftCap is an instance flag (FMHA_SOFT_CAP) so the common path
    carries no tanh code and no registers for it. RowTable: PagedRows in shared memory, or NoRowTable. */
@@ -222,7 +170,10 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
 
     const KvSequence kv = kv_sequence<kPaged>(p, b, hk);
     const MaskSpec mask = mask_for_kv_head(p, hk, seqlen_q, kv.length);
-    const ItemTiles tiles(mask, m0 / group, (imin(m0 + kBQ, row_end) - 1) / group, item.key_begin, item.key_end);
+    const KeyTiles<kBK> all_tiles(mask, m0 / group, (imin(m0 + kBQ, row_end) - 1) / group);
+    /* only persistent items have a key range to cut to */
+    const TileList<kBK> tiles =
+        kPersistent ? TileList<kBK>(all_tiles, item.key_begin, item.key_end) : TileList<kBK>(all_tiles);
     const InT* k_base = (const InT*)p.k + b * p.k_batch_stride + hk * p.k_head_stride;
     const InT* v_base = (const InT*)p.v + b * p.v_batch_stride + hk * p.v_head_stride;
     auto load_tile = [&](int t, int stage) {
@@ -348,7 +299,7 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
         }
 
         /* Soft cap, mask, online softmax; P overwrites S. */
-        const bool all_visible = tiles.all_visible(j0);
+        const bool all_visible = all_tiles.all_visible(j0);
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
@@ -416,7 +367,6 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
     wait_copies<0>();     /* no tile at all: the Q copy group is still retired before exit */
 
     /* Sink (not in a partial: the merge adds it once), normalisation, LSE, O. */
-    const float* sinks = (const float*)p.sink_logits;
     float* lse = (float*)p.lse;
     unsigned short* o = (unsigned short*)p.o;
 #pragma unroll
@@ -429,15 +379,8 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
             const int m = m0 + warp_row0 + mt * 16 + g + 8 * h;
             if (m >= row_end) continue;
             const int head = hk * group + m % group;
-            const float row_m = row_max[mt][h] * mul;   /* base 2 */
-            float top = row_m;
-            if (p.has_sink && !partial) {
-                const float sink = sinks[head] * FMHA_LOG2E;
-                top = fmaxf(row_m, sink);
-                sum = (row_m == -FMHA_INF ? 0.f : sum * exp2_approx(row_m - top)) + exp2_approx(sink - top);
-            }
-            const float f = row_m == -FMHA_INF ? 0.f : exp2_approx(row_m - top) / sum * p.v_descale;
-            const float row_lse = sum > 0.f ? (top + log2f(sum)) * FMHA_LN2 : -FMHA_INF;
+            float row_lse;
+            const float f = finish_row(p, head, row_max[mt][h] * mul, sum, !partial, p.v_descale, row_lse);
             if (partial) {
                 const i64 at = (i64)item.slot * kBQ + (m - m0);
                 if (lane % 4 == 0) partials.lse[at] = row_lse;

@@ -6,8 +6,14 @@
 
    Compile-time specialisation (-D): FMHA_DTYPE fp16 | bf16 | fp8_e4m3fn, FMHA_HDIM_Q, FMHA_HDIM_V
    (multiples of 64, <= 256), FMHA_KV_SOURCE dense | paged, FMHA_BLOCK_K (64 or 128), FMHA_SOFT_CAP
-   0 | 1, FMHA_BLOCKS_PER_SM (1 or 2). BLOCK_Q is 128: two warpgroups of 64 rows each. Also builds
-   for the CPU emulation (-DFMHA_CPU_EMULATION, tests/test_wgmma_emulated.py).
+   0 | 1, FMHA_BLOCKS_PER_SM (1 or 2), optional FMHA_PERSISTENT 0 | 1. BLOCK_Q is 128: two
+   warpgroups of 64 rows each. Also builds for the CPU emulation (-DFMHA_CPU_EMULATION,
+   tests/test_wgmma_emulated.py, tests/test_mixed_emulated.py).
+
+   A block's attention is a work item (fmha_work_plan.h), as in fmha_fwd_mma.hip: entry
+   fmha_fwd_wgmma(FmhaParams) runs the grid above (one item per block, every key, final output);
+   FMHA_PERSISTENT 1 builds fmha_fwd_wgmma_persistent(FmhaMixedArgs) instead, a fixed grid whose
+   block x runs the plan's items for x (family mixed), split rows writing fp32 partials.
 
    Algorithm:
    - Q, and two stages of K/V tiles, live in shared memory in the 128-byte swizzled layout that
@@ -49,6 +55,8 @@
 #include "fmha_params.h"
 #include "fmha_fwd_common.h"
 #include "fmha_mma_sync.h"
+#include "fmha_tc_common.h"
+#include "fmha_work_plan.h"
 #if defined(FMHA_CUDA)
 #include "fmha_wgmma.h"
 #elif defined(FMHA_CPU_EMULATION)
@@ -60,6 +68,10 @@
 #if !defined(FMHA_DTYPE) || !defined(FMHA_HDIM_Q) || !defined(FMHA_HDIM_V) || !defined(FMHA_KV_SOURCE) || \
     !defined(FMHA_BLOCK_K) || !defined(FMHA_SOFT_CAP)
 #error "fmha_fwd_wgmma.hip needs -D FMHA_DTYPE, FMHA_HDIM_Q/V, FMHA_KV_SOURCE, FMHA_BLOCK_K, FMHA_SOFT_CAP"
+#endif
+
+#ifndef FMHA_PERSISTENT
+#define FMHA_PERSISTENT 0
 #endif
 
 #define FMHA_CAT_(a, b) a##b
@@ -86,6 +98,7 @@ constexpr bool kFp8 = sizeof(InT) == 1;
 struct kv_dense { static constexpr bool paged = false; };
 struct kv_paged { static constexpr bool paged = true; };
 constexpr bool kPaged = FMHA_CAT(kv_, FMHA_KV_SOURCE)::paged;
+constexpr bool kPersistent = FMHA_PERSISTENT != 0;
 
 constexpr int kDq = FMHA_HDIM_Q, kDv = FMHA_HDIM_V, kBK = FMHA_BLOCK_K;
 constexpr int kBQ = 128, kWarpgroups = 2, kThreads = 128 * kWarpgroups;
@@ -344,8 +357,12 @@ struct QueryRows {
     }
 };
 
+/* One work item's attention (fmha_work_plan.h: rows [row_begin, row_end) of one (sequence, KV
+   head) of a query sequence starting at row q_first with seqlen_q positions, keys [key_begin,
+   key_end), final output or an fp32 partial slot). */
 template <bool SoftCap, class RowTable>
-FMHA_DEVICE void attention(const FmhaParams& p, unsigned char* smem, RowTable& row_table)
+FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_first, int seqlen_q,
+                           const PartialSlots& partials, unsigned char* smem, RowTable& row_table)
 {
     unsigned char* const sq = smem;
     unsigned char* const sk = sq + kQBytes;     /* stage s at sk + s * kKBytes */
@@ -353,21 +370,17 @@ FMHA_DEVICE void attention(const FmhaParams& p, unsigned char* smem, RowTable& r
     unsigned char* const svt = sv + 2 * kVBytes;   /* fp8: V^T */
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wg_index = warp / 4;
-    const int b = blockIdx.z, hk = blockIdx.y;
+    const int b = item.seq, hk = item.kv_head;
     const int group = p.nhead_q / p.nhead_k;
-    int q_first = 0, seqlen_q = p.max_seqlen_q;
-    if (p.group_mode) {
-        const int* seqstart = (const int*)p.seqstart_q;
-        q_first = seqstart[b];
-        seqlen_q = seqstart[b + 1] - q_first;
-    }
-    const int rows = seqlen_q * group;
-    const int m0 = (gridDim.x - 1 - blockIdx.x) * kBQ;   /* longest (causal) row tiles first */
-    if (m0 >= rows) return;
+    const int m0 = item.row_begin, rows = item.row_end;
+    const bool partial = kPersistent && item.slot >= 0;   /* uniform over the block */
 
     const KvSequence kv = kv_sequence<kPaged>(p, b, hk);
     const MaskSpec mask = mask_for_kv_head(p, hk, seqlen_q, kv.length);
-    const KeyTiles<kBK> tiles(mask, m0 / group, (imin(m0 + kBQ, rows) - 1) / group);
+    const KeyTiles<kBK> all_tiles(mask, m0 / group, (imin(m0 + kBQ, rows) - 1) / group);
+    /* only persistent items have a key range to cut to */
+    const TileList<kBK> tiles =
+        kPersistent ? TileList<kBK>(all_tiles, item.key_begin, item.key_end) : TileList<kBK>(all_tiles);
     const InT* k_base = (const InT*)p.k + b * p.k_batch_stride + hk * p.k_head_stride;
     const InT* v_base = (const InT*)p.v + b * p.v_batch_stride + hk * p.v_head_stride;
     /* Tile t's K lives in K stage t % 2, its V in V stage t % 2 (fp8: staging and V^T stage t % 2);
@@ -468,7 +481,7 @@ FMHA_DEVICE void attention(const FmhaParams& p, unsigned char* smem, RowTable& r
        slots on every tile (a quarter of the step's instructions at hdim 64). */
     auto softmax = [&](float (&s)[kBK / 2], int t, float (&alpha)[2]) {
         const int j0 = tiles.first_key(t);
-        if (tiles.all_visible(j0))
+        if (all_tiles.all_visible(j0))
             softmax_tile(Bool<false>(), s, j0, alpha);
         else
             softmax_tile(Bool<true>(), s, j0, alpha);
@@ -581,8 +594,8 @@ FMHA_DEVICE void attention(const FmhaParams& p, unsigned char* smem, RowTable& r
     }
     wait_copies<0>();   /* no tile at all: the Q copy group is still retired before exit */
 
-    /* Sink, normalisation, LSE, O (as fmha_fwd_mma.hip); sums are at P's scale 2^kPScaleLog2. */
-    const float* sinks = (const float*)p.sink_logits;
+    /* Sink (not in a partial: the merge adds it once), normalisation, LSE, O; sums are at P's
+       scale 2^kPScaleLog2. */
     float* lse = (float*)p.lse;
     unsigned short* o = (unsigned short*)p.o;
 #pragma unroll
@@ -593,19 +606,21 @@ FMHA_DEVICE void attention(const FmhaParams& p, unsigned char* smem, RowTable& r
         const int m = m0 + warp_row0 + g + 8 * h;
         if (m >= rows) continue;
         const int head = hk * group + m % group;
-        const float row_m = row_max[h] * mul;
-        float top = row_m;
-        if (p.has_sink) {
-            const float sink = sinks[head] * FMHA_LOG2E;
-            top = fmaxf(row_m, sink);
-            const float sink_p = kFp8 ? sink - top + kPScaleLog2 : sink - top;
-            sum = (row_m == -FMHA_INF ? 0.f : sum * exp2_approx(row_m - top)) + exp2_approx(sink_p);
+        float row_lse;
+        const float f = finish_row<kPScaleLog2>(p, head, row_max[h] * mul, sum, !partial, p.v_descale, row_lse);
+        if (partial) {
+            const i64 at = (i64)item.slot * kBQ + (m - m0);
+            if (lane % 4 == 0) partials.lse[at] = row_lse;
+            float* dst = partials.o + at * kDv + quad_col;
+#pragma unroll
+            for (int dt = 0; dt < kDv / 8; ++dt) {
+                dst[dt * 8] = acc[4 * dt + 2 * h] * f;
+                dst[dt * 8 + 1] = acc[4 * dt + 2 * h + 1] * f;
+            }
+            continue;
         }
-        const float f = row_m == -FMHA_INF ? 0.f : exp2_approx(row_m - top) / sum * p.v_descale;
         const i64 token = q_first + m / group;
-        if (p.has_lse && lane % 4 == 0)
-            lse[b * p.lse_batch_stride + head * p.lse_head_stride + token] =
-                sum > 0.f ? (top + log2f(sum) - kPScaleLog2) * FMHA_LN2 : -FMHA_INF;
+        if (p.has_lse && lane % 4 == 0) lse[b * p.lse_batch_stride + head * p.lse_head_stride + token] = row_lse;
         unsigned short* dst = o + b * p.o_batch_stride + head * p.o_head_stride + token * p.o_row_stride;
 #pragma unroll
         for (int dt = 0; dt < kDv / 8; ++dt)
@@ -614,17 +629,50 @@ FMHA_DEVICE void attention(const FmhaParams& p, unsigned char* smem, RowTable& r
 }
 
 /* The paged row table is static shared memory beside the dynamic tiles (kernels_wgmma counts it
-   in the fit). */
-template <bool Paged>
-static FMHA_DEVICE void attention_block(const FmhaParams& p, unsigned char* smem)
+   in the fit). Internal linkage, as in fmha_fwd_mma.hip: under the CPU emulation the table is a
+   function-local static that must not be merged across the instances a test process loads. */
+template <bool Paged, class Body>
+static FMHA_DEVICE void with_row_table(const Body& body)
 {
     if constexpr (Paged) {
         __shared__ PagedRowTable row_table;
-        attention<FMHA_SOFT_CAP != 0>(p, smem, row_table);
+        body(row_table);
     } else {
         NoRowTable none;
-        attention<FMHA_SOFT_CAP != 0>(p, smem, none);
+        body(none);
     }
+}
+
+/* Block (x, y, z) = one item: row tile x of KV head y of sequence z, every key, final output.
+   Longest (causal) row tiles first. */
+static FMHA_DEVICE void grid_block(const FmhaParams& p, unsigned char* smem)
+{
+    int q_first, seqlen_q;
+    query_sequence(p, blockIdx.z, q_first, seqlen_q);
+    const int rows = seqlen_q * (p.nhead_q / p.nhead_k);
+    const int m0 = (gridDim.x - 1 - blockIdx.x) * kBQ;
+    if (m0 >= rows) return;   /* uniform over the block */
+    const WorkItem item = {(int)blockIdx.z, (int)blockIdx.y, m0, rows, 0, kAllKeys, -1};
+    with_row_table<kPaged>([&](auto& row_table) {
+        attention<FMHA_SOFT_CAP != 0>(p, item, q_first, seqlen_q, PartialSlots{nullptr, nullptr}, smem, row_table);
+    });
+}
+
+/* Persistent block x: the plan's items for x, one after another. */
+static FMHA_DEVICE void persistent_block(const FmhaMixedArgs& a, unsigned char* smem)
+{
+    const PlanView plan{(const int*)a.plan};
+    const PartialSlots partials{(float*)a.o_part, (float*)a.lse_part};
+    const int begin = plan.block_begin()[blockIdx.x], end = plan.block_begin()[blockIdx.x + 1];
+    with_row_table<kPaged>([&](auto& row_table) {
+        for (int i = begin; i < end; ++i) {
+            const WorkItem item = plan.items()[i];
+            int q_first, seqlen_q;
+            query_sequence(a.p, item.seq, q_first, seqlen_q);
+            attention<FMHA_SOFT_CAP != 0>(a.p, item, q_first, seqlen_q, partials, smem, row_table);
+            fmha_barrier();   /* the next item's loads overwrite Q, the K/V stages and the row table */
+        }
+    });
 }
 
 }  // namespace fmha
@@ -634,19 +682,26 @@ static FMHA_DEVICE void attention_block(const FmhaParams& p, unsigned char* smem
 #ifndef FMHA_BLOCKS_PER_SM
 #define FMHA_BLOCKS_PER_SM 1
 #endif
+#if FMHA_PERSISTENT
+#define FMHA_WGMMA_ENTRY fmha_fwd_wgmma_persistent(FmhaMixedArgs args)
+#define FMHA_WGMMA_BLOCK(smem) fmha::persistent_block(args, smem)
+#else
+#define FMHA_WGMMA_ENTRY fmha_fwd_wgmma(FmhaParams p)
+#define FMHA_WGMMA_BLOCK(smem) fmha::grid_block(p, smem)
+#endif
 #if defined(FMHA_CUDA)
-extern "C" __global__ void __launch_bounds__(fmha::kThreads, FMHA_BLOCKS_PER_SM) fmha_fwd_wgmma(FmhaParams p)
+extern "C" __global__ void __launch_bounds__(fmha::kThreads, FMHA_BLOCKS_PER_SM) FMHA_WGMMA_ENTRY
 {
     /* The swizzle needs 1024-byte aligned tiles; the launch adds 1 KB of slack for this. */
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const unsigned misalign = fmha::smem_address(smem_raw) & 1023u;
-    fmha::attention_block<fmha::kPaged>(p, smem_raw + (misalign ? 1024u - misalign : 0u));
+    FMHA_WGMMA_BLOCK(smem_raw + (misalign ? 1024u - misalign : 0u));
 }
 #else
-extern "C" __global__ void fmha_fwd_wgmma(FmhaParams p)
+extern "C" __global__ void FMHA_WGMMA_ENTRY
 {
     alignas(1024) static unsigned char smem[fmha::kSmemBytes];
     fmha::wgmma_emu::set_shared_base(smem);
-    fmha::attention_block<fmha::kPaged>(p, smem);
+    FMHA_WGMMA_BLOCK(smem);
 }
 #endif

@@ -59,6 +59,7 @@
 #include "fmha_params.h"
 #include "fmha_fwd_common.h"
 #include "fmha_mma_sync.h"
+#include "fmha_tc_common.h"
 #include "fmha_mla_common.h"
 
 #if !defined(FMHA_DTYPE) || !defined(FMHA_HDIM_Q) || !defined(FMHA_HDIM_V) || !defined(FMHA_BLOCK_Q) || \
@@ -220,7 +221,7 @@ FMHA_DEVICE void mla_decode(const FmhaParams& p, unsigned char* smem)
     const int key_end = imin(key_begin + split_width, kv.length);
     const KeyTiles<kBN> tiles(mask, m0 / group, (imin(m0 + kBM, rows) - 1) / group);
     const TileList<kBN> list(tiles, key_begin, key_end);
-    const int num_tiles = list.count();
+    const int num_tiles = list.count;
     auto stage_at = [&](int t) { return stages + (t % kStages) * kStageBytes; };
 
     /* Q and the first STAGES - 1 tiles; copy group s holds tile s (group 0 also Q). */
@@ -405,7 +406,7 @@ FMHA_DEVICE void mla_decode(const FmhaParams& p, unsigned char* smem)
         if (red_m < rows) {
             const int head = red_m % group;
             float row_lse;
-            factor = finish_row(p, head, row_max * mul, sum, !split_kv, row_lse);
+            factor = finish_row(p, head, row_max * mul, sum, !split_kv, p.k_descale, row_lse);
             if (p.has_lse || split_kv)
                 lse[b * p.lse_batch_stride + head * p.lse_head_stride + q_first + red_m / group] = row_lse;
         }

@@ -78,6 +78,7 @@
 #else
 #error "fmha_mla_wgmma.hip uses Hopper's wgmma: build it for sm_90a (or -DFMHA_CPU_EMULATION for tests)"
 #endif
+#include "fmha_tc_common.h"
 #include "fmha_mla_common.h"
 
 #if !defined(FMHA_DTYPE) || !defined(FMHA_HDIM_Q) || !defined(FMHA_HDIM_V) || !defined(FMHA_BLOCK_Q) || \
@@ -287,7 +288,7 @@ FMHA_DEVICE void mla_wgmma(const FmhaParams& p, unsigned char* smem)
     const int key_end = imin(key_begin + split_width, kv.length);
     const KeyTiles<kBN> tiles(mask, m0 / group, (imin(m0 + kBM, rows) - 1) / group);
     const TileList<kBN> list(tiles, key_begin, key_end);
-    const int num_tiles = list.count();
+    const int num_tiles = list.count;
     auto stage_at = [&](int tile) { return stages + (tile & 1) * kStageBytes; };
 
     /* Q and tile 0 in one copy group. */
@@ -469,7 +470,8 @@ FMHA_DEVICE void mla_wgmma(const FmhaParams& p, unsigned char* smem)
         if (m >= rows) continue;
         const int head = m % group;
         float row_lse;
-        const float f = finish_row(p, head, row_max[h] * mul, stats[row] + stats[kBM + row], !split_kv, row_lse);
+        const float f =
+            finish_row(p, head, row_max[h] * mul, stats[row] + stats[kBM + row], !split_kv, p.k_descale, row_lse);
         if (wg == 0 && q4 == 0 && (p.has_lse || split_kv))
             lse[b * p.lse_batch_stride + head * p.lse_head_stride + q_first + m / group] = row_lse;
         const i64 at = b * p.o_batch_stride + head * p.o_head_stride + (i64)(q_first + m / group) * p.o_row_stride +

@@ -1,5 +1,5 @@
 """Family mixed on a real GPU against the NumPy reference (run on the device machine: pytest -m gpu):
-the persistent launch (the dispatcher's pick, and every persistent tile forced) and the separate
+the persistent launch (the dispatcher's pick: wgmma on sm_90a; and the mma.sync tiles forced) and the separate
 launches, validated in full with outputs poisoned before the launch."""
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from fmha_bench.timing import MeasureSettings
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module", params=["persistent", "persistent-q128k64w8", "persistent-q128k32w4", "separate"])
+@pytest.fixture(scope="module", params=["persistent", "persistent-q64k64w4", "persistent-q128k64w8", "persistent-q128k32w4",
+                                        "separate"])
 def gpu(request):
     backend, device = open_gpu()
     from fmha_bench.providers.fmha import FmhaProvider
@@ -47,6 +48,8 @@ def mixed(**fields) -> Problem:
     mixed(batch=3, seqlen_q=[1, 1, 1], seqlen_k=[32771, 5, 4000]),        # decode only: the long one splits
     mixed(batch=1, seqlen_q=[1000], seqlen_k=[1000], mask="0"),            # prefill only
     mixed(batch=3, seqlen_q=[0, 1, 90], seqlen_k=[10, 0, 40], nhead_q=8, nhead_k=2),  # empty, no keys, Sq > Sk
+    mixed(hdim_q=64, mask="xb:100"),                                      # wgmma's two-blocks-per-SM tile
+    mixed(dtype="fp8_e4m3fn", sink=True),                                 # wgmma only
 ], ids=lambda p: p.name())
 def test_mixed_batches_match_reference(gpu, problem):
     _check(gpu, problem)

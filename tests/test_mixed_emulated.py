@@ -1,7 +1,8 @@
-"""Family mixed on the CPU emulation against the NumPy reference: the persistent mma kernel
-(FMHA_PERSISTENT, kernel_src/fmha_fwd_mma.hip) walking a work plan, then fmha_merge_items
-(kernel_src/fmha_combine.hip) merging the rows whose keys the plan split; and the provider's
-persistent and `separate` paths end to end on an emulated sm_80 device.
+"""Family mixed on the CPU emulation against the NumPy reference: the persistent forward kernels
+(FMHA_PERSISTENT: kernel_src/fmha_fwd_mma.hip and kernel_src/fmha_fwd_wgmma.hip, each test on
+both) walking a work plan, then fmha_merge_items (kernel_src/fmha_combine.hip) merging the rows
+whose keys the plan split; and the provider's persistent and `separate` paths end to end on an
+emulated sm_80 device.
 
 Plans with a forced short chunk split decode and prefill rows over several items, so both the
 partial path (sink left to the merge) and the final-output path run in one launch. Outputs and
@@ -23,9 +24,11 @@ from fmha_bench import dtypes
 from fmha_bench.backends.base import DeviceInfo
 from fmha_bench.kernel_params import FmhaParams
 from fmha_bench.kernels import MERGE_ITEMS_ENTRY, merge_items_spec
-from fmha_bench.kernels_mixed import (MIXED_ARG_POINTERS, SEPARATE_TAG, merge_launch_config, mixed_args,
-                                      mixed_candidates, plan_workspace_bytes, separate_parts)
-from fmha_bench.kernels_mma import MMA_PERSISTENT_ENTRY
+from fmha_bench.kernels_mixed import (MIXED_ARG_POINTERS, PERSISTENT_ENTRIES, SEPARATE_TAG, merge_launch_config,
+                                      mixed_args, mixed_candidates, persistent_shape, plan_workspace_bytes,
+                                      separate_parts)
+from fmha_bench.kernels_mma import MMA_SOURCE
+from fmha_bench.kernels_wgmma import WGMMA_SOURCE
 from fmha_bench.mixed_plan import make_plan
 from fmha_bench.problem import Problem
 from fmha_bench.providers.fmha import FmhaProvider
@@ -39,28 +42,39 @@ MIXED_ARGS_BYTES = ctypes.sizeof(FmhaParams) + 8 * len(MIXED_ARG_POINTERS)
 
 @pytest.fixture(scope="module")
 def libraries(tmp_path_factory):
-    """entry -> library(spec): the persistent kernel and the merge, compiled for the CPU."""
+    """entry -> library(spec): the persistent kernels and the merge, compiled for the CPU."""
     tmp = tmp_path_factory.mktemp("mixed_emulated")
-    return {MMA_PERSISTENT_ENTRY: kernel_libraries(tmp, "p", MIXED_DRIVER, threads="fmha::kThreads"),
+    return {PERSISTENT_ENTRIES[MMA_SOURCE]: kernel_libraries(tmp, "p", MIXED_DRIVER, threads="fmha::kThreads"),
+            PERSISTENT_ENTRIES[WGMMA_SOURCE]: kernel_libraries(tmp, "w", MIXED_DRIVER, threads="fmha::kThreads"),
             MERGE_ITEMS_ENTRY: kernel_libraries(tmp, "m", MIXED_DRIVER)}
 
 
-def _with_tile(spec, tile: dict):
-    defines = {**dict(spec.defines), "FMHA_BLOCK_Q": str(tile["block_q"]), "FMHA_BLOCK_K": str(tile["block_k"]),
-               "FMHA_WARPS": str(tile["warps"])}
-    return dataclasses.replace(spec, defines=tuple(defines.items()))
+def _with_defines(spec, **defines):
+    return dataclasses.replace(spec, defines=tuple({**dict(spec.defines), **defines}.items()))
 
 
-@pytest.fixture(scope="module")
-def emulate(libraries):
-    """emulate(problem, tile, num_blocks, chunk_keys=None) -> (Emulated, plan): the persistent
-    launch over `num_blocks` blocks with the plan make_plan gives, then the merge."""
+def _persistent_instance(problem: Problem, source: str, tile: dict):
+    """The problem's persistent candidate of kernel `source` on sm_90a: mma.sync with `tile`'s
+    rows, keys and warps; wgmma (128 rows) with 64-key tiles, so short plan chunks fit."""
+    found = mixed_candidates(problem, "sm_90a")
+    assert not isinstance(found, str), found
+    spec = next(spec for _, spec in found if spec.source == source)
+    if source == MMA_SOURCE:
+        return _with_defines(spec, FMHA_BLOCK_Q=str(tile["block_q"]), FMHA_BLOCK_K=str(tile["block_k"]),
+                             FMHA_WARPS=str(tile["warps"]))
+    return _with_defines(spec, FMHA_BLOCK_K="64")
 
-    def run(problem: Problem, tile: dict, num_blocks: int, chunk_keys: int | None = None):
-        found = mixed_candidates(problem, "sm_90a")
-        assert not isinstance(found, str), found
-        spec = _with_tile(found[0][1], tile)
-        plan = make_plan(problem, tile["block_q"], tile["block_k"], num_blocks, chunk_keys)
+
+def _emulator(libraries, source: str):
+    """emulate(problem, num_blocks, chunk_keys=None, tile=SMALL) -> (Emulated, plan): the persistent
+    launch of kernel `source` over `num_blocks` blocks with the plan make_plan gives, then the merge."""
+
+    def run(problem: Problem, num_blocks: int, chunk_keys: int | None = None, tile: dict = SMALL):
+        spec = _persistent_instance(problem, source, tile)
+        shape = persistent_shape(spec)
+        if chunk_keys is not None:   # a whole number of the kernel's key tiles
+            chunk_keys = -(-chunk_keys // shape.block_k) * shape.block_k
+        plan = make_plan(problem, shape.block_q, shape.block_k, num_blocks, chunk_keys)
         x = problem.make_inputs(seed=1)
         host, ptrs = host_buffers_with_nan_page(problem, x)
         host["plan"] = plan.words()
@@ -69,12 +83,22 @@ def emulate(libraries):
                 host[name] = np.full(max(nbytes // 4, 1), np.nan, np.float32)
         ptrs.update((name, host[name].ctypes.data) for name in MIXED_ARG_POINTERS)
         args = mixed_args(problem, x, ptrs)
-        run_emulated(libraries[MMA_PERSISTENT_ENTRY](spec), args, (num_blocks, 1, 1))
+        run_emulated(libraries[spec.entry](spec), args, (num_blocks, 1, 1))
         run_emulated(libraries[MERGE_ITEMS_ENTRY](merge_items_spec(problem, "sm_90a")), args,
                      merge_launch_config(num_blocks)[0])
         return Emulated(dtypes.decode(host["o"], problem.out_dt), host["lse"], x), plan
 
     return run
+
+
+@pytest.fixture(scope="module", params=[MMA_SOURCE, WGMMA_SOURCE], ids=["mma", "wgmma"])
+def emulate(libraries, request):
+    return _emulator(libraries, request.param)
+
+
+@pytest.fixture(scope="module")
+def emulate_mma(libraries):
+    return _emulator(libraries, MMA_SOURCE)
 
 
 def mixed(**fields) -> Problem:
@@ -89,19 +113,19 @@ def mixed(**fields) -> Problem:
     (mixed(), 64),
     (mixed(page_table="sglang", page_size=5, kv_layout="nhd", dtype="bf16", sink=True), 64),
     (mixed(mask="b:9,0,2", sink=True, soft_cap=5.0), 64),
-    (mixed(mask="t:3,5", lse=False, sink=True), 32),
+    (mixed(mask="t:3,5", lse=False, sink=True, seqlen_q=[100, 1, 3, 0], seqlen_k=[120, 300, 130, 20]), 32),
     (mixed(mask="t:8,-1,2", dtype="bf16"), 64),
     (mixed(mask="0", seqlen_q=[2, 30, 1, 1], seqlen_k=[250, 20, 90, 0], nhead_q=8, nhead_k=1, hdim_q=128), 64),
 ], ids=lambda x: x.name() if isinstance(x, Problem) else f"chunk{x}")
 def test_split_and_unsplit_rows_match_reference(emulate, problem, chunk_keys):
-    run, plan = emulate(problem, SMALL, num_blocks=5, chunk_keys=chunk_keys)
+    run, plan = emulate(problem, num_blocks=5, chunk_keys=chunk_keys)
     assert plan.merges and any(item.slot < 0 for item in plan.items()), "want split and unsplit rows"
     _assert_matches(problem, run)
 
 
 def test_a_plan_without_splits_writes_every_row_itself(emulate):
     p = mixed(sink=True)
-    run, plan = emulate(p, SMALL, num_blocks=3)
+    run, plan = emulate(p, num_blocks=3)
     assert not plan.merges
     _assert_matches(p, run)
 
@@ -110,22 +134,22 @@ def test_a_plan_without_splits_writes_every_row_itself(emulate):
 def test_headwise_sliding_window_heads_split_and_never_read_recycled_blocks(emulate, layout):
     p = mixed(page_table="headwise", page_size=7, kv_layout=layout, seqlen_q=[1, 12, 2, 1],
               seqlen_k=[150, 140, 90, 30], nhead_q=8, nhead_k=4, swa_heads=(1, 2), swa_window=20, swa_sink=3)
-    run, plan = emulate(p, SMALL, num_blocks=4, chunk_keys=32)
+    run, plan = emulate(p, num_blocks=4, chunk_keys=32)
     assert (run.inputs.tables.block_tables_headwise == -1).any(), "no recycled block to step over"
     assert plan.merges
     _assert_matches(p, run)
 
 
-def test_two_row_tiles_per_warp_and_more_key_rows_than_threads(emulate):
+def test_two_row_tiles_per_warp_and_more_key_rows_than_threads(emulate_mma):
     p = mixed(seqlen_q=[70, 1, 5, 2], seqlen_k=[200, 150, 64, 9], page_size=5, dtype="bf16", sink=True)
-    run, plan = emulate(p, ONE_WARP, num_blocks=6, chunk_keys=64)
+    run, plan = emulate_mma(p, num_blocks=6, chunk_keys=64, tile=ONE_WARP)
     assert plan.merges
     _assert_matches(p, run)
 
 
 def test_more_blocks_than_items_leaves_blocks_idle(emulate):
     p = mixed(seqlen_q=[1, 1, 2, 1], seqlen_k=[40, 7, 1, 0])
-    run, plan = emulate(p, SMALL, num_blocks=16)
+    run, plan = emulate(p, num_blocks=16)
     assert min(len(block) for block in plan.blocks) == 0
     _assert_matches(p, run)
 
@@ -144,7 +168,7 @@ class EmulatedSm80(EmulatedBackend):
         return DeviceInfo("emulated", 0, "CPU emulation", "sm_80", "sm_80", 2, 1 << 20, 1 << 30)
 
     def launch(self, function, grid, block, shared_bytes, args, stream=None):
-        mixed_entry = function.entry in (MMA_PERSISTENT_ENTRY, MERGE_ITEMS_ENTRY)
+        mixed_entry = function.entry in (PERSISTENT_ENTRIES[MMA_SOURCE], MERGE_ITEMS_ENTRY)
         size = MIXED_ARGS_BYTES if mixed_entry else ctypes.sizeof(FmhaParams)
         self._launch_kernel(function, ctypes.string_at(ctypes.c_void_p.from_address(args.address).value, size), grid)
 

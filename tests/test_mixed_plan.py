@@ -14,10 +14,11 @@ from test_fmha_provider import RecordingBackend, no_compiler  # noqa: F401 (a fi
 
 from fmha_bench.kernel_params import FmhaParams, unpack
 from fmha_bench.kernels import MERGE_ITEMS_ENTRY, kernel_args
-from fmha_bench.kernels_mixed import (MIXED_ARG_POINTERS, SEPARATE_TAG, merge_launch_config, mixed_args,
-                                      mixed_candidates, part_args, persistent_blocks, persistent_launch_config,
-                                      separate_parts)
-from fmha_bench.kernels_mma import MMA_PERSISTENT_ENTRY
+from fmha_bench.kernels_mixed import (MIXED_ARG_POINTERS, PERSISTENT_ENTRIES, SEPARATE_TAG, merge_launch_config,
+                                      mixed_args, mixed_candidates, part_args, persistent_blocks,
+                                      persistent_launch_config, separate_parts)
+from fmha_bench.kernels_mma import MMA_SOURCE
+from fmha_bench.kernels_wgmma import WGMMA_SOURCE
 from fmha_bench.mixed_plan import ITEM_FIELDS, MERGE_FIELDS, PLAN_HEADER_WORDS, make_plan
 from fmha_bench.problem import Problem
 from fmha_bench.providers.fmha import FmhaProvider
@@ -167,37 +168,44 @@ def test_launch_shapes_and_argument_bytes_do_not_depend_on_the_composition(page_
     args = {mixed_args(p, p.make_inputs(0), _fake_pointers()) for p in compositions}
     assert len(args) == 1
     grid, block, shared = persistent_launch_config(spec, "sm_90a", 132)
-    assert (grid, block, shared) == ((264, 1, 1), (128, 1, 1), 81920)
-    assert merge_launch_config(grid[0]) == ((264, 1, 1), (128, 1, 1), 0)
+    assert (grid, block, shared) == ((132, 1, 1), (256, 1, 1), 164864)   # wgmma, 128-key stages: one per SM
+    assert merge_launch_config(grid[0]) == ((132, 1, 1), (128, 1, 1), 0)
     blob = args.pop()
     assert len(blob) == ctypes.sizeof(FmhaParams) + 8 * len(MIXED_ARG_POINTERS)
     tail = np.frombuffer(blob[ctypes.sizeof(FmhaParams):], np.uint64).tolist()
     assert tail == [_fake_pointers()[name] for name in MIXED_ARG_POINTERS]
 
 
-@pytest.mark.parametrize("arch,tile,per_sm", [
-    ("sm_90a", "persistent-q64k64w4", 2),    # 2 x (80 KiB + 2 KiB table + 1 KiB) fit 228 KiB
-    ("sm_80", "persistent-q64k64w4", 1),     # ... but not A100's 164 KiB
-    ("sm_90a", "persistent-q128k64w8", 1),   # 256 threads at up to 255 registers fill the register file
+@pytest.mark.parametrize("arch,tile,hdim,per_sm", [
+    ("sm_90a", "persistent-q64k64w4", 128, 2),    # 2 x (80 KiB + 2 KiB table + 1 KiB) fit 228 KiB
+    ("sm_80", "persistent-q64k64w4", 128, 1),     # ... but not A100's 164 KiB
+    ("sm_90a", "persistent-q128k64w8", 128, 1),   # 256 threads at up to 255 registers fill the register file
+    ("sm_90a", "persistent-q128k128", 128, 1),    # wgmma: 161 KiB of tiles
+    ("sm_90a", "persistent-q128k64b2", 64, 2),    # wgmma built for two blocks per SM (128 registers)
+    ("sm_90a", "persistent-q128k64", 64, 1),      # ... and the same tile built for one
 ])
-def test_persistent_grid_is_what_fits_on_an_sm_up_to_two_blocks(arch, tile, per_sm):
-    problem = serving([100], [700])
+def test_persistent_grid_is_what_fits_on_an_sm_up_to_two_blocks(arch, tile, hdim, per_sm):
+    problem = serving([100], [700], hdim_q=hdim)
     spec = dict(mixed_candidates(problem, arch))[tile]
     assert persistent_blocks(spec, arch, 10) == 10 * per_sm
 
 
-def test_candidates_put_the_smallest_persistent_tile_first_and_separate_last():
+def test_candidates_put_wgmma_first_then_the_smallest_mma_tile_and_separate_last():
     found = mixed_candidates(serving([100], [700, 80]), "sm_90a")
-    tags = [tag for tag, _ in found]
-    assert tags[0] == "persistent-q64k64w4" and tags[-1] == SEPARATE_TAG
-    assert all(spec.entry == MMA_PERSISTENT_ENTRY for tag, spec in found if tag != SEPARATE_TAG)
+    assert [tag for tag, _ in found] == ["persistent-q128k128", "persistent-q64k64w4", "persistent-q128k64w8",
+                                         "persistent-q128k32w4", SEPARATE_TAG]
+    assert all(spec.entry == PERSISTENT_ENTRIES[spec.source] and ("FMHA_PERSISTENT", "1") in spec.defines
+               for tag, spec in found if tag != SEPARATE_TAG)
+    assert [spec.source for _, spec in found[:2]] == [WGMMA_SOURCE, MMA_SOURCE]
+    assert [tag for tag, _ in mixed_candidates(serving([100], [700, 80]), "sm_80")][0] == "persistent-q64k64w4"
 
 
-def test_arches_without_mma_run_the_separate_launches_and_fp8_gets_both_reasons():
+def test_arches_without_mma_run_the_separate_launches_and_fp8_runs_only_on_wgmma():
     assert [tag for tag, _ in mixed_candidates(serving([100], [700]), "gfx942")] == [SEPARATE_TAG]
     interleaved_fp8 = serving([100], [700, 9], dtype="fp8_e4m3fn", seqlen_q=[1, 100, 1], seqlen_k=[700, 100, 9])
-    reason = mixed_candidates(interleaved_fp8, "sm_90a")
-    assert "mma.sync kernel takes fp16/bf16" in reason and "contiguous" in reason
+    assert [tag for tag, _ in mixed_candidates(interleaved_fp8, "sm_90a")] == ["persistent-q128k128"]   # wgmma fp8
+    reason = mixed_candidates(interleaved_fp8, "sm_80")
+    assert "sm_80 has no wgmma" in reason and "mma.sync kernel takes fp16/bf16" in reason and "contiguous" in reason
 
 
 def test_separate_parts_are_the_decode_run_and_the_prefill_run():
@@ -249,10 +257,10 @@ def test_persistent_launch_enqueues_the_same_two_launches_for_any_composition():
         calls, prepared, session = _launches(problem)
         assert [c[0] for c in calls] == ["launch", "launch"] and prepared.graph_safe   # nothing else is timed
         (_, fwd, grid, block, shared, args, stream), (_, merge, *merge_shape, merge_args, merge_stream) = calls
-        assert (fwd, merge) == (MMA_PERSISTENT_ENTRY, MERGE_ITEMS_ENTRY) and args is merge_args
+        assert (fwd, merge) == (PERSISTENT_ENTRIES[WGMMA_SOURCE], MERGE_ITEMS_ENTRY) and args is merge_args
         assert stream == merge_stream
         tail = ctypes.string_at(ctypes.c_void_p.from_address(args.address).value + ctypes.sizeof(FmhaParams), 24)
         assert np.frombuffer(tail, np.uint64).tolist() == [session.workspaces[n].ptr for n in MIXED_ARG_POINTERS]
-        assert prepared.notes[0].startswith("persistent plan: 8 blocks")
+        assert prepared.notes[0].startswith("persistent plan: 4 blocks")
         shapes.append((grid, block, shared, *merge_shape))
-    assert shapes[0] == shapes[1] == ((8, 1, 1), (128, 1, 1), 81920, (8, 1, 1), (128, 1, 1), 0)
+    assert shapes[0] == shapes[1] == ((4, 1, 1), (256, 1, 1), 164864, (4, 1, 1), (128, 1, 1), 0)
