@@ -51,9 +51,9 @@ def test_an_append_beyond_the_kernels_32_bit_chunk_index_is_refused():
     assert "32-bit index" in select_kernel(huge, "sm_90a") and select_append(huge, "sm_90a") is None
 
 
-def test_dispatcher_candidates_of_the_attention_problem_put_the_mma_decode_tile_first():
+def test_dispatcher_candidates_of_the_attention_problem_put_the_tensor_core_decode_tiles_first():
     tags = [tag for tag, _ in dispatch.candidates(attention_problem(DECODE), "sm_90a")]
-    assert tags[0].startswith("mma-q64") and tags[-1].startswith("portable-")
+    assert tags[0].startswith("wgmma-") and tags[1].startswith("mma-q64") and tags[-1].startswith("portable-")
 
 
 def test_append_grid_covers_every_chunk_of_the_longest_sequences_new_tokens():
@@ -127,7 +127,7 @@ def test_launch_enqueues_the_append_then_the_attention_on_one_stream_with_one_ar
     prepared.launch()   # the timed loop: launches only
     assert [c[0] for c in backend.calls] == ["launch"] * 4
     (_, append, a_grid, _, _, a_args, a_stream), (_, attend, f_grid, _, _, f_args, f_stream) = backend.calls[:2]
-    assert (append, attend) == ("fmha_append_kv", "fmha_fwd_mma") and a_stream == f_stream and a_args is f_args
+    assert (append, attend) == ("fmha_append_kv", "fmha_fwd_wgmma") and a_stream == f_stream and a_args is f_args
     assert a_grid == append_launch_config(select_append(DECODE, "sm_90a"), DECODE)[0]
     spec = dispatch.candidates(attention_problem(DECODE), "sm_90a")[0][1]
     assert f_grid == dispatch.launch_config(spec, attention_problem(DECODE))[0]

@@ -91,11 +91,12 @@ def test_instances_for_adds_the_split_instance_and_one_combine_per_arch():
                      for entry, split in (("fmha_fwd", "1"), ("fmha_combine", None))]
 
 
-def test_decode_like_points_prefer_the_smallest_row_tile_even_over_wgmma():
+def test_decode_like_points_keep_wgmma_first_then_the_smallest_mma_row_tile():
     decode = Problem(batch=64, seqlen_q=1, seqlen_k=8192, nhead_q=32, nhead_k=4, hdim_q=128, mask="b")
     prefill = Problem(batch=4, seqlen_q=2048, seqlen_k=8192, nhead_q=32, nhead_k=4, hdim_q=128, mask="b")
-    assert candidates(decode, "sm_90a")[0][0] == "mma-q64k64w4"
-    assert candidates(prefill, "sm_90a")[0][0] == "wgmma-q128k128"
+    assert [tag for tag, _ in candidates(decode, "sm_90a")][:2] == ["wgmma-q128k128", "mma-q64k64w4"]
+    assert [tag for tag, _ in candidates(prefill, "sm_90a")][:2] == ["wgmma-q128k128", "mma-q128k64w8"]
+    assert candidates(decode, "sm_80")[0][0] == "mma-q64k64w4"
 
 
 def test_paged_mma_tiles_count_their_row_table_in_the_shared_memory_fit(monkeypatch):
