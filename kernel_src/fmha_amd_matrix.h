@@ -333,30 +333,6 @@ inline void matrix_mma(Mx, typename Mx::C& c, const typename Mx::AB& a, const ty
 /* ------------------------------------------------------------------ fp8 (emulation) */
 namespace amd_emu {
 
-/* v_cvt_pk_fp8_f32 as the kernel uses it: round to nearest even into e4m3 (fnuz: bias 8, no -0;
-   fn: bias 7). A rounded magnitude past the format's max becomes NaN: the kernel never converts
-   one (P <= 2^kPScaleLog2), and the hardware's overflow handling is not modelled. */
-inline unsigned fp8_code(float x, bool fnuz)
-{
-    const int bias = fnuz ? 8 : 7;
-    const unsigned nan = fnuz ? 0x80u : 0x7fu;
-    if (std::isnan(x)) return nan;
-    const float mag = std::fabs(x);
-    int e;
-    std::frexp(mag, &e);                                        /* mag = f 2^e, f in [0.5, 1) */
-    const int binade = e - 1 > 1 - bias ? e - 1 : 1 - bias;     /* subnormals share the lowest */
-    const float r = std::nearbyint(std::ldexp(mag, 3 - binade)); /* 3 mantissa bits; ties to even */
-    const float rounded = std::ldexp(r, binade - 3);
-    if (rounded > (fnuz ? 240.f : 448.f)) return nan;
-    unsigned code = 0;
-    if (rounded > 0) {
-        std::frexp(rounded, &e);                                /* rounding may reach the next binade */
-        code = e - 1 >= 1 - bias ? (unsigned)(e - 1 + bias) << 3 | ((unsigned)std::ldexp(rounded, 4 - e) - 8u)
-                                 : (unsigned)std::ldexp(rounded, 3 - (1 - bias));
-    }
-    return std::signbit(x) && (code != 0 || !fnuz) ? code | 0x80u : code;
-}
-
 /* Operand bytes of one wave scattered by the layout (element e = byte e % 4 of register e / 4);
    K may exceed M. ok is false when two lanes put different bytes into one entry or one stays unset. */
 template <class Mx>
@@ -406,11 +382,14 @@ inline void mma_fp8(typename Mx::C& c, const typename Mx::AB& a, const typename 
 
 }  // namespace amd_emu
 
+/* v_cvt_pk_fp8_f32 as the kernel uses it, into the arch's e4m3. A value rounding past the max
+   becomes NaN: the kernel never converts one (P <= 2^kPScaleLog2), and the hardware's overflow
+   handling is not modelled. */
 template <bool Fnuz>
 inline unsigned amd_fp8<Fnuz>::pack4(float a, float b, float c, float d)
 {
-    return amd_emu::fp8_code(a, Fnuz) | amd_emu::fp8_code(b, Fnuz) << 8 | amd_emu::fp8_code(c, Fnuz) << 16 |
-           amd_emu::fp8_code(d, Fnuz) << 24;
+    const auto code = [](float x) { return fmha_emu::float_to_e4m3(x, Fnuz, false); };
+    return code(a) | code(b) << 8 | code(c) << 16 | code(d) << 24;
 }
 
 template <class E>

@@ -124,4 +124,35 @@ inline unsigned int fmha_float_as_bits(float f) { unsigned int u; std::memcpy(&u
 inline float fmha_fp16_to_float(unsigned short bits) { return (float)__builtin_bit_cast(_Float16, bits); }
 inline unsigned short fmha_float_to_fp16(float f) { return __builtin_bit_cast(unsigned short, (_Float16)f); }
 
+namespace fmha_emu {
+
+/* The e4m3 code nearest to x, ties to the even code, as the emulated matrix-unit conversions
+   (cvt.rn.satfinite.e4m3x2.f32, v_cvt_pk_fp8_f32) produce it. fnuz: bias 8, max 240, NaN 0x80,
+   no -0; fn: bias 7, max 448, NaN 0x7f. A magnitude that rounds past the max becomes the max
+   with x's sign when `satfinite`, else NaN. */
+inline unsigned float_to_e4m3(float x, bool fnuz, bool satfinite)
+{
+    const int bias = fnuz ? 8 : 7;
+    const unsigned nan = fnuz ? 0x80u : 0x7fu;
+    if (std::isnan(x)) return nan;
+    const float mag = std::fabs(x);
+    int e;
+    std::frexp(mag, &e);                                        /* mag = f 2^e, f in [0.5, 1) */
+    const int binade = e - 1 > 1 - bias ? e - 1 : 1 - bias;     /* subnormals share the lowest */
+    const float r = std::nearbyint(std::ldexp(mag, 3 - binade)); /* 3 mantissa bits; ties to even */
+    const float rounded = std::ldexp(r, binade - 3);
+    unsigned code = 0;
+    if (rounded > (fnuz ? 240.f : 448.f)) {
+        if (!satfinite) return nan;
+        code = fnuz ? 0x7fu : 0x7eu;
+    } else if (rounded > 0) {
+        std::frexp(rounded, &e);                                /* rounding may reach the next binade */
+        code = e - 1 >= 1 - bias ? (unsigned)(e - 1 + bias) << 3 | ((unsigned)std::ldexp(rounded, 4 - e) - 8u)
+                                 : (unsigned)std::ldexp(rounded, 3 - (1 - bias));
+    }
+    return std::signbit(x) && (code != 0 || !fnuz) ? code | 0x80u : code;
+}
+
+}  // namespace fmha_emu
+
 #endif /* FMHA_CPU_EMULATION_H */

@@ -205,25 +205,10 @@ struct WgmmaOps<wg_e4m3, N> {
     }
 };
 
-/* Nearest e4m3fn code, ties to the even code, finite values past 448 saturating to it, NaN to
-   0x7f: the codes 0..0x7e are increasing, so this walks them with the exact decoder. */
-inline unsigned e4m3fn_satfinite(float x)
-{
-    if (std::isnan(x)) return 0x7fu;
-    const float mag = std::fabs(x);
-    unsigned code = 0;   /* the largest code whose value is <= mag */
-    while (code < 0x7eu && fmha_fp8_e4m3fn_to_float((unsigned char)(code + 1)) <= mag) ++code;
-    if (code < 0x7eu) {
-        const float below = mag - fmha_fp8_e4m3fn_to_float((unsigned char)code);
-        const float above = fmha_fp8_e4m3fn_to_float((unsigned char)(code + 1)) - mag;
-        code += above < below || (above == below && code % 2 == 1);
-    }
-    return (std::signbit(x) ? 0x80u : 0u) | code;
-}
-
 inline unsigned pack_e4m3x4(float x0, float x1, float x2, float x3)
 {
-    return e4m3fn_satfinite(x0) | e4m3fn_satfinite(x1) << 8 | e4m3fn_satfinite(x2) << 16 | e4m3fn_satfinite(x3) << 24;
+    const auto code = [](float x) { return fmha_emu::float_to_e4m3(x, false, true); };   /* e4m3fn, satfinite */
+    return code(x0) | code(x1) << 8 | code(x2) << 16 | code(x3) << 24;
 }
 
 inline unsigned byte_perm(unsigned a, unsigned b, unsigned selector)

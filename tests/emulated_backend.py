@@ -17,9 +17,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from backend_stubs import StubBackend
 
 from fmha_bench import build
-from fmha_bench.backends.base import Backend, DeviceBuffer, DeviceInfo
+from fmha_bench.backends.base import DeviceBuffer, DeviceInfo
 from fmha_bench.build.cache import BuildResult
 from fmha_bench.build.instance import KernelSpec
 from fmha_bench.kernel_params import FmhaParams
@@ -27,7 +28,7 @@ from fmha_bench.kernel_params import FmhaParams
 ARCH = "gfx1100"
 
 
-class EmulatedBackend(Backend):
+class EmulatedBackend(StubBackend):
     name = "emulated"
 
     def __init__(self, run_kernel):
@@ -62,28 +63,10 @@ class EmulatedBackend(Backend):
         assert module.entry == name
         return module
 
-    def set_dynamic_shared(self, function, nbytes):
-        pass
-
     def launch(self, function, grid, block, shared_bytes, args, stream=None):
         assert block == (int(dict(function.defines)["FMHA_THREADS"]), 1, 1), block
         params = ctypes.string_at(ctypes.c_void_p.from_address(args.address).value, ctypes.sizeof(FmhaParams))
         self._run_kernel(function, params, grid)
-
-    def synchronize(self):
-        pass
-
-    def create_event(self):
-        return object()
-
-    def record_event(self, event, stream=None):
-        pass
-
-    def elapsed_s(self, start, end):
-        return 0.0
-
-    def destroy_event(self, event):
-        pass
 
 
 def emulated_device(run_kernel, monkeypatch, tmp_path: Path):

@@ -4,13 +4,14 @@ and graph replays have exact, known durations."""
 from __future__ import annotations
 
 import numpy as np
+from backend_stubs import StubBackend
 
-from fmha_bench.backends.base import Backend, BackendError, DeviceBuffer, DeviceInfo
+from fmha_bench.backends.base import BackendError, DeviceBuffer, DeviceInfo
 
 MAIN = "main"   # the stream a launch with stream=None goes to outside capture
 
 
-class ClockBackend(Backend):
+class ClockBackend(StubBackend):
     """`kernel_s` of device time per kernel, plus `launch_s` per host launch call (a kernel
     launch, or one graph replay): graphs pay the launch cost once for all their kernels."""
     name = "fake"
@@ -52,15 +53,6 @@ class ClockBackend(Backend):
         self.memory[buf.ptr][:] = bytes([byte]) * len(self.memory[buf.ptr])
 
     # -- code
-    def load_module(self, image):
-        return image
-
-    def get_function(self, module, name):
-        return name
-
-    def set_dynamic_shared(self, function, nbytes):
-        pass
-
     def launch(self, function, grid, block, shared_bytes, args, stream=None):
         """`function` is a tag recorded when the kernel runs; a launch on another stream than
         the default one is not captured."""
@@ -70,10 +62,7 @@ class ClockBackend(Backend):
         self.clock += self.launch_s + self.kernel_s
         self.ran.append(function)
 
-    # -- sync and timing
-    def synchronize(self):
-        pass
-
+    # -- timing
     def create_event(self):
         return [None]
 
@@ -82,9 +71,6 @@ class ClockBackend(Backend):
 
     def elapsed_s(self, start, end):
         return end[0] - start[0]
-
-    def destroy_event(self, event):
-        pass
 
     # -- graphs
     def begin_capture(self):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import ctypes
 
 import pytest
+from backend_stubs import StubBackend
 
 from fmha_bench import build
-from fmha_bench.backends.base import Backend, DeviceBuffer, DeviceInfo
+from fmha_bench.backends.base import DeviceBuffer, DeviceInfo
 from fmha_bench.build.cache import BuildResult
 from fmha_bench.kernel_params import FmhaParams, unpack
 from fmha_bench.kernels import (combine_launch_config, launch_config, select_combine, select_kernel,
@@ -17,7 +18,7 @@ from fmha_bench.providers.fmha import FmhaProvider
 from fmha_bench.session import POISON_BYTE, PointSession
 
 
-class RecordingBackend(Backend):
+class RecordingBackend(StubBackend):
     """Hands out fake addresses and logs every call as a tuple."""
     name = "fake"
 
@@ -44,32 +45,8 @@ class RecordingBackend(Backend):
     def memset(self, buf, byte, stream=None):
         self.calls.append(("memset", buf.ptr, byte))
 
-    def load_module(self, image):
-        return image
-
-    def get_function(self, module, name):
-        return name
-
-    def set_dynamic_shared(self, function, nbytes):
-        pass
-
     def launch(self, function, grid, block, shared_bytes, args, stream=None):
         self.calls.append(("launch", function, grid, block, shared_bytes, args, stream))
-
-    def synchronize(self):
-        pass
-
-    def create_event(self):
-        return object()
-
-    def record_event(self, event, stream=None):
-        pass
-
-    def elapsed_s(self, start, end):
-        return 0.0
-
-    def destroy_event(self, event):
-        pass
 
 
 @pytest.fixture
@@ -147,3 +124,19 @@ def test_workspace_is_reused_grown_on_demand_and_freed_on_close():
     session.close()
     freed = {c[1] for c in backend.calls if c[0] == "free"}
     assert grown.ptr in freed and set(inputs) <= freed and not session.workspaces
+
+
+class OptInRecordingBackend(RecordingBackend):
+    def set_dynamic_shared(self, function, nbytes):
+        self.calls.append(("opt-in", function, nbytes))
+
+
+def test_a_launch_opts_in_to_its_dynamic_shared_memory_even_under_48_kib(no_compiler):
+    """mma q128k64w4 at hdim 64: 48 KiB of tiles plus a 2 KiB static row table when paged."""
+    paged = Problem(family="paged", batch=2, seqlen_q=1, seqlen_k=600, nhead_q=8, nhead_k=2, hdim_q=64, mask="b",
+                    page_size=16, dtype="bf16")
+    backend = OptInRecordingBackend()
+    session = PointSession(backend, backend.device_info(), paged, paged.make_inputs(0))
+    FmhaProvider("mma-q128k64w4").prepare(paged, session)
+    opt_ins = [c for c in backend.calls if c[0] == "opt-in"]
+    assert [c[2] for c in opt_ins] == [48 * 1024]

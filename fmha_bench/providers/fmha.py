@@ -229,8 +229,10 @@ def _poisoned_workspaces(session, sizes: dict) -> dict:
 
 
 def _allow_shared(session, function, config: tuple) -> tuple:
-    """A launch's (grid, block, dynamic shared bytes), `function` allowed that much shared memory."""
-    if config[2] > 48 * 1024:
+    """A launch's (grid, block, dynamic shared bytes), `function` allowed that much shared memory.
+    Always opted in: the default 48 KiB limit counts a kernel's static shared memory too (the
+    paged instances' row tables), so a dynamic size just under it can still need the opt-in."""
+    if config[2] > 0:
         session.backend.set_dynamic_shared(function, config[2])
     return config
 
