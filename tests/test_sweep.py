@@ -292,7 +292,7 @@ def test_a_bad_field_filter_is_a_user_error_naming_the_flag(grid, text, message)
 
 # ----------------------------------------------------------------------------- packaged sweeps
 PACKAGED = ["quick", "prefill", "paged", "fp8", "decode", "varlen", "splitkv", "parity", "perf_prefill", "perf_paged",
-            "appendkv", "mla", "decode_small", "headwise", "mixed"]
+            "appendkv", "mla", "decode_small", "headwise", "mixed", "perf_decode"]
 
 
 def test_the_packaged_sweeps_are_the_documented_ones():
