@@ -70,7 +70,9 @@ DECODE_ROWS = 64
 
 
 def _block_q(spec: KernelSpec) -> int:
-    return kernels_wgmma.BLOCK_Q if spec.source == kernels_wgmma.WGMMA_SOURCE else int(dict(spec.defines)["FMHA_BLOCK_Q"])
+    if spec.source == kernels_wgmma.WGMMA_SOURCE:
+        return kernels_wgmma.spec_tile(spec)["block_q"]
+    return int(dict(spec.defines)["FMHA_BLOCK_Q"])
 
 
 def _decode_first(problem: Problem, found: list) -> list:

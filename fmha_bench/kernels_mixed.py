@@ -46,8 +46,9 @@ PERSISTENT_ENTRIES = {kernels_wgmma.WGMMA_SOURCE: "fmha_fwd_wgmma_persistent",
 # ----------------------------------------------------------------------------- candidates
 def mixed_candidates(problem: Problem, arch: str) -> Union[list, str]:
     """[(tag, KernelSpec)] for a family mixed problem, the dispatcher's pick first: the persistent
-    instance of each wgmma tile (sm_90a: prefill rows run twice as fast as on mma.sync, and decode
-    rows read K/V faster through its 128-key stages), then of each mma.sync tile (the smallest row
+    instance of each wgmma tile in the table's order (sm_90a: prefill rows run twice as fast as on
+    mma.sync, and decode rows read K/V faster through its 128-key stages; the default two-warpgroup
+    tile first, since a mixed batch has prefill rows), then of each mma.sync tile (the smallest row
     tile first: decode rows waste least of it), then `separate` (its spec: the first part's
     instance) when the batch splits into parts (so arches without either kernel run the point
     too); or the reasons none runs it."""
@@ -66,8 +67,10 @@ def mixed_candidates(problem: Problem, arch: str) -> Union[list, str]:
         if isinstance(tiles, str):
             reasons.append(f"persistent kernel: {tiles}")
             continue
-        found += sorted(((f"persistent-{tag.removeprefix(prefix)}", persistent_spec(spec)) for tag, spec in tiles),
-                        key=lambda item: persistent_shape(item[1]).block_q)
+        persistent = [(f"persistent-{tag.removeprefix(prefix)}", persistent_spec(spec)) for tag, spec in tiles]
+        if prefix == "mma-":
+            persistent.sort(key=lambda item: persistent_shape(item[1]).block_q)
+        found += persistent
     parts = separate_parts(problem, arch)
     if not isinstance(parts, str):
         found.append((SEPARATE_TAG, parts[0].spec))
@@ -116,7 +119,7 @@ def persistent_shape(spec: KernelSpec) -> PersistentShape:
     if spec.source == kernels_wgmma.WGMMA_SOURCE:
         tile = kernels_wgmma.spec_tile(spec)
         # __launch_bounds__(threads, FMHA_BLOCKS_PER_SM) sizes the registers for exactly that many blocks
-        return PersistentShape(kernels_wgmma.BLOCK_Q, tile["block_k"], kernels_wgmma.THREADS, tile["blocks_per_sm"],
+        return PersistentShape(tile["block_q"], tile["block_k"], kernels_wgmma.threads(tile), tile["blocks_per_sm"],
                                kernels_wgmma.shared_bytes(hdim_q, hdim_v, tile, defines["FMHA_DTYPE"]),
                                kernels_wgmma.static_shared_bytes(tile, paged))
     tile = kernels_mma.spec_tile(spec)

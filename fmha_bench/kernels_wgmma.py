@@ -3,9 +3,9 @@ sm_90a only; dense or paged K/V; fp16, bf16, fp8 e4m3fn): its candidate instance
 and its launch shape.
 
 Same FmhaParams (kernels.kernel_args) and grid (tile of query rows, KV head, sequence) as the
-other forward kernels; 128 query rows (two warpgroups) per block. Candidates come from the
-arch's `wgmma_tiles` in kernel_src/arch_specs.json, the default first; a tile serves the dtypes
-its `dtypes` list names (fp16 and bf16 when it names none).
+other forward kernels; 64 query rows per warpgroup, two warpgroups per block (one in decode's
+tiles). Candidates come from the arch's `wgmma_tiles` in kernel_src/arch_specs.json, the default
+first; a tile serves the dtypes its `dtypes` list names (fp16 and bf16 when it names none).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from .problem import Problem
 WGMMA_SOURCE, WGMMA_ENTRY = "fmha_fwd_wgmma.hip", "fmha_fwd_wgmma"
 WGMMA_DTYPES = ("fp16", "bf16", "fp8_e4m3fn")   # e4m3fnuz is AMD's
 TILE_DTYPES = ("fp16", "bf16")                   # a tile without a `dtypes` list
-BLOCK_Q, THREADS = 128, 256
+ROWS_PER_WARPGROUP, THREADS_PER_WARPGROUP = 64, 128
 ALIGN_SLACK = 1024   # the kernel aligns its tiles to the 1024-byte swizzle atom
 
 
@@ -29,11 +29,19 @@ def _line_bytes(values: int, itemsize: int) -> int:
     return -(-values * itemsize // 128) * 128
 
 
+def block_q(tile: dict) -> int:
+    return ROWS_PER_WARPGROUP * tile.get("warpgroups", 2)
+
+
+def threads(tile: dict) -> int:
+    return THREADS_PER_WARPGROUP * tile.get("warpgroups", 2)
+
+
 def shared_bytes(hdim_q: int, hdim_v: int, tile: dict, dtype: str = "fp16") -> int:
     """Dynamic shared memory (kSmemBytes in the kernel) plus the alignment slack: the Q tile and
     two stages of K and V tiles, rows in whole 128-byte lines; fp8 adds V^T (both stages)."""
     itemsize, block_k = (1 if dtype.startswith("fp8") else 2), tile["block_k"]
-    q_k = (BLOCK_Q + 2 * block_k) * _line_bytes(hdim_q, itemsize)
+    q_k = (block_q(tile) + 2 * block_k) * _line_bytes(hdim_q, itemsize)
     v = 2 * block_k * _line_bytes(hdim_v, itemsize) + (hdim_v * 2 * block_k if itemsize == 1 else 0)
     return q_k + v + ALIGN_SLACK
 
@@ -46,7 +54,7 @@ def static_shared_bytes(tile: dict, paged: bool) -> int:
 
 def tile_tag(tile: dict) -> str:
     blocks = tile.get("blocks_per_sm", 1)
-    return f"wgmma-q{BLOCK_Q}k{tile['block_k']}" + (f"b{blocks}" if blocks > 1 else "")
+    return f"wgmma-q{block_q(tile)}k{tile['block_k']}" + (f"b{blocks}" if blocks > 1 else "")
 
 
 def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, soft_cap: bool, tile: dict) -> KernelSpec:
@@ -55,7 +63,8 @@ def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, soft_
     defines = (("FMHA_DTYPE", dtype), ("FMHA_HDIM_Q", str(hdim_q)), ("FMHA_HDIM_V", str(hdim_v)),
                ("FMHA_KV_SOURCE", kv_source), ("FMHA_BLOCK_K", str(tile["block_k"])),
                ("FMHA_SOFT_CAP", "1" if soft_cap else "0"),
-               ("FMHA_BLOCKS_PER_SM", str(tile.get("blocks_per_sm", 1))))
+               ("FMHA_BLOCKS_PER_SM", str(tile.get("blocks_per_sm", 1))),
+               ("FMHA_WARPGROUPS", str(tile.get("warpgroups", 2))))
     return KernelSpec(source=WGMMA_SOURCE, entry=WGMMA_ENTRY, defines=defines, arch=arch, label=label)
 
 
@@ -86,12 +95,14 @@ def wgmma_candidates(problem: Problem, arch: str) -> Union[list, str]:
 def spec_tile(spec: KernelSpec) -> dict:
     """The tile an instance was built with (the arch_specs.json form)."""
     defines = dict(spec.defines)
-    return {"block_q": BLOCK_Q, "block_k": int(defines["FMHA_BLOCK_K"]),
+    warpgroups = int(defines.get("FMHA_WARPGROUPS", 2))
+    return {"block_q": ROWS_PER_WARPGROUP * warpgroups, "block_k": int(defines["FMHA_BLOCK_K"]),
+            "warpgroups": warpgroups,
             "blocks_per_sm": int(defines.get("FMHA_BLOCKS_PER_SM", 1))}
 
 
 def wgmma_launch_config(spec: KernelSpec, problem: Problem) -> tuple[tuple, tuple, int]:
     tile = spec_tile(spec)
     rows = max(problem.seqlens_q()) * problem.group_size
-    grid = (max(1, math.ceil(rows / BLOCK_Q)), problem.nhead_k, problem.batch)
-    return grid, (THREADS, 1, 1), shared_bytes(problem.hdim_q, problem.hdim_v, tile, problem.dtype)
+    grid = (max(1, math.ceil(rows / block_q(tile))), problem.nhead_k, problem.batch)
+    return grid, (threads(tile), 1, 1), shared_bytes(problem.hdim_q, problem.hdim_v, tile, problem.dtype)

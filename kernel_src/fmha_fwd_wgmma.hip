@@ -6,8 +6,10 @@
 
    Compile-time specialisation (-D): FMHA_DTYPE fp16 | bf16 | fp8_e4m3fn, FMHA_HDIM_Q, FMHA_HDIM_V
    (multiples of 64, <= 256), FMHA_KV_SOURCE dense | paged, FMHA_BLOCK_K (64 or 128), FMHA_SOFT_CAP
-   0 | 1, FMHA_BLOCKS_PER_SM (1 or 2), optional FMHA_PERSISTENT 0 | 1. BLOCK_Q is 128: two
-   warpgroups of 64 rows each. Also builds for the CPU emulation (-DFMHA_CPU_EMULATION,
+   0 | 1, FMHA_BLOCKS_PER_SM (1 or 2), optional FMHA_PERSISTENT 0 | 1 and FMHA_WARPGROUPS 1 | 2
+   (default 2; BLOCK_Q = 64 rows per warpgroup). The one-warpgroup tiles are decode's: with a few
+   query rows per KV head a second warpgroup only doubles the idle tensor-core work of each step,
+   and two such blocks per SM (BLOCK_K 64) hide each other's step latency. Also builds for the CPU emulation (-DFMHA_CPU_EMULATION,
    tests/test_wgmma_emulated.py, tests/test_mixed_emulated.py).
 
    A block's attention is a work item (fmha_work_plan.h), as in fmha_fwd_mma.hip: entry
@@ -101,7 +103,10 @@ constexpr bool kPaged = FMHA_CAT(kv_, FMHA_KV_SOURCE)::paged;
 constexpr bool kPersistent = FMHA_PERSISTENT != 0;
 
 constexpr int kDq = FMHA_HDIM_Q, kDv = FMHA_HDIM_V, kBK = FMHA_BLOCK_K;
-constexpr int kBQ = 128, kWarpgroups = 2, kThreads = 128 * kWarpgroups;
+#ifndef FMHA_WARPGROUPS
+#define FMHA_WARPGROUPS 2
+#endif
+constexpr int kWarpgroups = FMHA_WARPGROUPS, kBQ = 64 * kWarpgroups, kThreads = 128 * kWarpgroups;
 constexpr int kChunkValues = 16 / (int)sizeof(InT);   /* values per 16-byte chunk */
 constexpr int kStepValues = 32 / (int)sizeof(InT);    /* values per k-step (32 bytes: k16, or k32 for fp8) */
 constexpr int kKS = kDq / kStepValues;   /* k-steps of Q K^T */
@@ -109,6 +114,7 @@ constexpr int kPS = kBK / kStepValues;   /* k-steps of P V */
 constexpr int kPScaleLog2 = kFp8 ? 8 : 0;   /* P enters P V as P 2^kPScaleLog2 (fp8: see the header) */
 static_assert(kDq % 64 == 0 && kDv % 64 == 0 && kDq <= 256 && kDv <= 256, "head dims: 64, 128, 192 or 256");
 static_assert(kBK == 64 || kBK == 128, "BLOCK_K: 64 or 128");
+static_assert(kWarpgroups == 1 || kWarpgroups == 2, "one or two warpgroups");
 
 typedef wg::WgmmaOps<In::Wg, kBK> MmaS;   /* S = Q K^T: N = BLOCK_K */
 typedef wg::WgmmaOps<In::Wg, kDv> MmaO;   /* O += P V: N = head dim of V */
@@ -216,16 +222,32 @@ struct DenseTileCopier : Rows {
 /* Paged rows: a key's page costs an integer divide and a dependent page-table load, too much for
    each copy; so each tile's rows are resolved once, by one thread per row, three tiles ahead
    into a shared table (slot t % 3 holds tile t: K_{t+2} and V_{t+1}, fp8 V_{t+2}, are being read
-   from it while tile t + 3 is written), and the copies read their offsets there (-1 = absent). */
+   from it while tile t + 3 is written), and the copies read their offsets there (-1 = absent).
+   The page ids are loaded a step before they are stored (fetch into registers, then store): a
+   page-table load waits behind the K/V traffic of a saturated memory system, and waiting for it
+   in the step that issued it stalled every step (paged decode 2.6 -> 3.6 TB/s, H200). */
 struct PagedRowTable {
-    static constexpr int kSlots = 3;
+    static constexpr int kSlots = 3, kRowsPerThread = (kBK + kThreads - 1) / kThreads;
     i64 k[kSlots][kBK], v[kSlots][kBK];
 
-    FMHA_DEVICE void resolve(int t, int j0, const FmhaParams& p, const KvSequence& kv)
+    struct Fetched { int page[kRowsPerThread], slot[kRowsPerThread]; };   /* this thread's rows of a tile */
+
+    FMHA_DEVICE static void fetch(Fetched& rows, int j0, const FmhaParams& p, const KvSequence& kv)
     {
-        for (int r = threadIdx.x; r < kBK; r += kThreads) {
-            int page, slot;
-            locate_key<true>(p, kv, j0 + r, page, slot);
+#pragma unroll
+        for (int i = 0; i < kRowsPerThread; ++i) {
+            const int r = threadIdx.x + i * kThreads;
+            rows.page[i] = -1;
+            if (r < kBK) locate_key<true>(p, kv, j0 + r, rows.page[i], rows.slot[i]);
+        }
+    }
+
+    FMHA_DEVICE void store(const Fetched& rows, int t, const FmhaParams& p)
+    {
+#pragma unroll
+        for (int i = 0; i < kRowsPerThread; ++i) {
+            const int r = threadIdx.x + i * kThreads, page = rows.page[i], slot = rows.slot[i];
+            if (r >= kBK) continue;
             k[t % kSlots][r] = page >= 0 ? page * p.k_page_stride + slot * p.k_row_stride : -1;
             v[t % kSlots][r] = page >= 0 ? page * p.v_page_stride + slot * p.v_row_stride : -1;
         }
@@ -253,7 +275,7 @@ struct PagedTileCopier : Rows {
     }
 };
 
-struct NoRowTable {};   /* dense: nothing to resolve ahead */
+struct NoRowTable { struct Fetched {}; };   /* dense: nothing to resolve ahead */
 
 template <bool B>
 struct Bool { static constexpr bool value = B; };   /* a compile-time flag passed to a generic lambda */
@@ -283,17 +305,18 @@ FMHA_DEVICE Copier make_copier(const InT* base, i64 row_stride, const KvSequence
 
 /* fp8: staged V [keys][Dv] -> V^T [Dv][keys] (K-major, keys in the order of the header's
    permutation). Lane l of warp w owns 16 keys (group c = l % G, G = BLOCK_K / 16) x 4 head dims
-   (16 h + 4 sub .. + 3, sub = l / G % 4, h = w (8 / G) + l / (4 G); a further pass, for head dim
-   256 with 128 keys, adds 8 (8 / G) to h): 16 word loads (key k of the group: its 4 dims; through
+   (16 h + 4 sub .. + 3, sub = l / G % 4, h = w (8 / G) + l / (4 G); further passes, where the
+   block's W warps cover fewer than Dv / 16 chunks, add W (8 / G) to h): 16 word loads (key k of the group: its 4 dims; through
    the staging swizzle the warp's 32 loads hit 32 banks), 32 byte permutes, 4 16-byte stores (dim
    d, the group's chunk column of V^T row d; a quarter warp's 8 lanes write 8 different columns of
    the swizzle). V^T stage s holds keys s BLOCK_K .. of the [Dv][2 BLOCK_K] tile: 16-key group c
    of stage s is its chunk column s G + c. */
 struct VTransposer {
     static constexpr int kGroups = kKeyGroups, kPerWarp = 8 / kGroups, kDimChunks = kDv / 16;
-    static constexpr int kPasses = (kDimChunks + 8 * kPerWarp - 1) / (8 * kPerWarp);
-    static constexpr int kPassDims = 128 * kPerWarp;   /* 8 kPerWarp chunks of 16 dims */
-    int first_dim, load_offset;
+    static constexpr int kPassChunks = kThreads / 32 * kPerWarp;   /* chunks of 16 dims per pass */
+    static constexpr int kPasses = (kDimChunks + kPassChunks - 1) / kPassChunks;
+    static constexpr int kPassDims = 16 * kPassChunks;
+    int first_dim, h, group_swizzle, load_offset;   /* load_offset: the group's first row, 4 sub */
     /* Per V^T stage: the byte offset of row first_dim in the group's column block, and the
        group's chunk column ^ (first_dim % 8) in bytes. */
     int store_base[2], store_swizzle[2];
@@ -301,9 +324,10 @@ struct VTransposer {
     FMHA_DEVICE VTransposer()
     {
         const int lane = threadIdx.x % 32, sub = lane / kGroups % 4, group = lane % kGroups;
-        const int h = threadIdx.x / 32 * kPerWarp + lane / (4 * kGroups);
+        h = threadIdx.x / 32 * kPerWarp + lane / (4 * kGroups);
         first_dim = 16 * h + 4 * sub;
-        load_offset = 16 * group * line_bytes<kDv> + ((h ^ staging_swizzle(16 * group)) << 4) + 4 * sub;
+        group_swizzle = staging_swizzle(16 * group);
+        load_offset = 16 * group * line_bytes<kDv> + 4 * sub;
 #pragma unroll
         for (int stage = 0; stage < 2; ++stage) {
             const int column = stage * kGroups + group;
@@ -319,7 +343,7 @@ struct VTransposer {
 #pragma unroll
         for (int pass = 0; pass < kPasses; ++pass) {
             if (first_dim + pass * kPassDims >= kDv) continue;   /* warp-uniform: head dims 64 leave warps idle */
-            const unsigned char* src = staging + load_offset + pass * 128 * kPerWarp;
+            const unsigned char* src = staging + load_offset + (((h + pass * kPassChunks) ^ group_swizzle) << 4);
             unsigned w[16];
 #pragma unroll
             for (int k = 0; k < 16; ++k) w[k] = *(const unsigned*)(src + k * line_bytes<kDv>);
@@ -395,9 +419,14 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
     auto load_v = [&](int t) {
         if (t < tiles.count) v_copier.load(sv + (t & 1) * kVBytes, tiles.first_key(t), v_offsets(row_table, t));
     };
-    auto resolve_rows = [&](int t) {
+    typename RowTable::Fetched fetched;   /* paged: the page ids of the next tile to store */
+    auto fetch_rows = [&](int t) {
         if constexpr (kPaged)
-            if (t < tiles.count) row_table.resolve(t, tiles.first_key(t), p, kv);
+            if (t < tiles.count) RowTable::fetch(fetched, tiles.first_key(t), p, kv);
+    };
+    auto store_rows = [&](int t) {
+        if constexpr (kPaged)
+            if (t < tiles.count) row_table.store(fetched, t, p);
     };
     const VTransposer transposer;
     auto transpose_v = [&](int t) {
@@ -514,11 +543,15 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
         fmha_barrier();
     };
 
-    /* Prologue: the rows of tiles 0..2 resolved; Q and K_0, then V_0 and K_1 (fp8: then V_1) in
+    /* Prologue: the rows of tiles 0..2 resolved (tile 3's page ids fetched); Q and K_0, then V_0 and K_1 (fp8: then V_1) in
        flight; S_0 and its softmax (fp8: V_0 transposed meanwhile). */
     if constexpr (kPaged) {
-        for (int t = 0; t < PagedRowTable::kSlots; ++t) resolve_rows(t);
+        for (int t = 0; t < PagedRowTable::kSlots; ++t) {
+            fetch_rows(t);
+            store_rows(t);
+        }
         fmha_barrier();
+        fetch_rows(PagedRowTable::kSlots);
     }
     load_tile_async<kBQ, kDq>(sq, (const InT*)p.q, QueryRows{p, b, hk, group, q_first, rows, m0});
     load_k(0);
@@ -575,7 +608,8 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
         load_k(t + 2);
         load_v(kFp8 ? t + 2 : t + 1);
         commit_copies();
-        resolve_rows(t + 3);   /* into tile t's slot: its last copy was issued before this barrier */
+        store_rows(t + 3);   /* into tile t's slot: its last copy was issued before this barrier */
+        fetch_rows(t + 4);
         issue_qk(s, t + 1);
         issue_pv(t);
         transpose_v(t + 1);

@@ -11,8 +11,8 @@ from fmha_bench.problem import Problem
 def test_hopper_fp16_prefill_prefers_wgmma_then_mma_sync_then_the_portable_kernel():
     found = candidates(Problem(hdim_q=128), "sm_90a")
     tags = [tag for tag, _ in found]
-    assert tags[:2] == ["wgmma-q128k128", "mma-q128k64w8"] and tags[-1].startswith("portable-")
-    assert [spec.source for _, spec in found[:-1]] == [WGMMA_SOURCE] + [MMA_SOURCE] * (len(found) - 2)
+    assert tags[:3] == ["wgmma-q128k128", "wgmma-q64k64b2", "mma-q128k64w8"] and tags[-1].startswith("portable-")
+    assert [spec.source for _, spec in found[:-1]] == [WGMMA_SOURCE] * 2 + [MMA_SOURCE] * (len(found) - 3)
 
 
 def test_ampere_has_no_wgmma_candidate():
@@ -33,7 +33,7 @@ def test_split_kv_points_have_only_the_portable_kernel():
 
 def test_fp8_goes_to_the_matrix_core_kernel_of_its_format_then_the_portable_kernel():
     assert [tag for tag, _ in candidates(Problem(dtype="fp8_e4m3fn"), "sm_90a")] == [
-        "wgmma-q128k128", "portable-q32k32t128"]
+        "wgmma-q128k128", "wgmma-q64k128", "portable-q32k32t128"]
     amd = [tag for tag, _ in candidates(Problem(dtype="fp8_e4m3fnuz"), "gfx942")]
     assert amd[0].startswith("mfma32_fp8-") and amd[-1].startswith("portable-")
     assert "not supported on gfx942" in candidates(Problem(dtype="fp8_e4m3fn"), "gfx942")
@@ -91,12 +91,15 @@ def test_instances_for_adds_the_split_instance_and_one_combine_per_arch():
                      for entry, split in (("fmha_fwd", "1"), ("fmha_combine", None))]
 
 
-def test_decode_like_points_keep_wgmma_first_then_the_smallest_mma_row_tile():
+def test_decode_like_points_take_each_family_s_smallest_row_tile_first_wgmma_ahead():
     decode = Problem(batch=64, seqlen_q=1, seqlen_k=8192, nhead_q=32, nhead_k=4, hdim_q=128, mask="b")
     prefill = Problem(batch=4, seqlen_q=2048, seqlen_k=8192, nhead_q=32, nhead_k=4, hdim_q=128, mask="b")
-    assert [tag for tag, _ in candidates(decode, "sm_90a")][:2] == ["wgmma-q128k128", "mma-q64k64w4"]
-    assert [tag for tag, _ in candidates(prefill, "sm_90a")][:2] == ["wgmma-q128k128", "mma-q128k64w8"]
+    assert [tag for tag, _ in candidates(decode, "sm_90a")][:3] == ["wgmma-q64k64b2", "wgmma-q128k128", "mma-q64k64w4"]
+    assert [tag for tag, _ in candidates(prefill, "sm_90a")][:2] == ["wgmma-q128k128", "wgmma-q64k64b2"]
     assert candidates(decode, "sm_80")[0][0] == "mma-q64k64w4"
+    fp8 = Problem(family="paged", page_size=16, batch=64, seqlen_q=1, seqlen_k=8192, nhead_q=32, nhead_k=8,
+                  hdim_q=64, mask="b", dtype="fp8_e4m3fn")
+    assert [tag for tag, _ in candidates(fp8, "sm_90a")][:2] == ["wgmma-q64k128", "wgmma-q128k128"]
 
 
 def test_paged_mma_tiles_count_their_row_table_in_the_shared_memory_fit(monkeypatch):

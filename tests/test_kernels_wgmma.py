@@ -6,23 +6,35 @@ import re
 
 from test_wgmma_ops import _generator
 
-from fmha_bench.kernels_wgmma import shared_bytes, wgmma_candidates
+from fmha_bench.kernels_wgmma import shared_bytes, wgmma_candidates, wgmma_launch_config
 from fmha_bench.problem import Problem
 
 HOPPER_OPTIN = 232448
 
 
-def test_fp8_e4m3fn_gets_its_own_tile_per_head_dim_dense_and_paged():
-    for hdim, tag in ((64, "wgmma-q128k128"), (128, "wgmma-q128k128"), (256, "wgmma-q128k64")):
+def test_fp8_e4m3fn_gets_its_own_tiles_per_head_dim_dense_and_paged():
+    """Prefill's two-warpgroup tile, then decode's one-warpgroup tile (no decode tile at 256)."""
+    for hdim, tags in ((64, ["wgmma-q128k128", "wgmma-q64k128"]), (128, ["wgmma-q128k128", "wgmma-q64k128"]),
+                       (256, ["wgmma-q128k64"])):
         for extra in ({}, {"family": "paged", "page_size": 16}):
             found = wgmma_candidates(Problem(dtype="fp8_e4m3fn", hdim_q=hdim, **extra), "sm_90a")
-            assert [t for t, _ in found] == [tag], (hdim, extra, found)
-            assert dict(found[0][1].defines)["FMHA_DTYPE"] == "fp8_e4m3fn"
+            assert [t for t, _ in found] == tags, (hdim, extra, found)
+            assert {dict(spec.defines)["FMHA_DTYPE"] for _, spec in found} == {"fp8_e4m3fn"}
 
 
 def test_sixteen_bit_problems_never_get_the_fp8_tiles():
     found = wgmma_candidates(Problem(dtype="bf16", hdim_q=128), "sm_90a")
-    assert [t for t, _ in found] == ["wgmma-q128k128"]
+    assert [t for t, _ in found] == ["wgmma-q128k128", "wgmma-q64k64b2"]
+
+
+def test_decode_tiles_are_one_warpgroup_of_64_rows():
+    found = dict(wgmma_candidates(Problem(dtype="fp16", hdim_q=128), "sm_90a"))
+    defines = dict(found["wgmma-q64k64b2"].defines)
+    assert (defines["FMHA_WARPGROUPS"], defines["FMHA_BLOCK_K"], defines["FMHA_BLOCKS_PER_SM"]) == ("1", "64", "2")
+    assert wgmma_launch_config(found["wgmma-q64k64b2"], Problem(seqlen_q=100, nhead_q=8, nhead_k=2))[:2] == (
+        (7, 2, 1), (128, 1, 1))   # 400 rows in tiles of 64; 128 threads
+    # 64 Q rows + 2 x 64 K rows + 2 x 64 V rows, 256 bytes each, + 1 KB slack: two blocks per SM fit
+    assert shared_bytes(128, 128, {"block_k": 64, "warpgroups": 1}) == (64 + 4 * 64) * 256 + 1024
 
 
 def test_amd_fp8_flavour_is_refused_with_the_dtypes_the_kernel_takes():

@@ -53,24 +53,24 @@ def _with_defines(spec, **defines):
     return dataclasses.replace(spec, defines=tuple({**dict(spec.defines), **defines}.items()))
 
 
-def _persistent_instance(problem: Problem, source: str, tile: dict):
+def _persistent_instance(problem: Problem, source: str, tile: dict, warpgroups: str):
     """The problem's persistent candidate of kernel `source` on sm_90a: mma.sync with `tile`'s
-    rows, keys and warps; wgmma (128 rows) with 64-key tiles, so short plan chunks fit."""
+    rows, keys and warps; wgmma (`warpgroups` x 64 rows) with 64-key tiles, so short plan chunks fit."""
     found = mixed_candidates(problem, "sm_90a")
     assert not isinstance(found, str), found
     spec = next(spec for _, spec in found if spec.source == source)
     if source == MMA_SOURCE:
         return _with_defines(spec, FMHA_BLOCK_Q=str(tile["block_q"]), FMHA_BLOCK_K=str(tile["block_k"]),
                              FMHA_WARPS=str(tile["warps"]))
-    return _with_defines(spec, FMHA_BLOCK_K="64")
+    return _with_defines(spec, FMHA_BLOCK_K="64", FMHA_WARPGROUPS=warpgroups)
 
 
-def _emulator(libraries, source: str):
+def _emulator(libraries, source: str, warpgroups: str = "2"):
     """emulate(problem, num_blocks, chunk_keys=None, tile=SMALL) -> (Emulated, plan): the persistent
     launch of kernel `source` over `num_blocks` blocks with the plan make_plan gives, then the merge."""
 
     def run(problem: Problem, num_blocks: int, chunk_keys: int | None = None, tile: dict = SMALL):
-        spec = _persistent_instance(problem, source, tile)
+        spec = _persistent_instance(problem, source, tile, warpgroups)
         shape = persistent_shape(spec)
         if chunk_keys is not None:   # a whole number of the kernel's key tiles
             chunk_keys = -(-chunk_keys // shape.block_k) * shape.block_k
@@ -91,9 +91,10 @@ def _emulator(libraries, source: str):
     return run
 
 
-@pytest.fixture(scope="module", params=[MMA_SOURCE, WGMMA_SOURCE], ids=["mma", "wgmma"])
+@pytest.fixture(scope="module", params=[(MMA_SOURCE, "2"), (WGMMA_SOURCE, "2"), (WGMMA_SOURCE, "1")],
+                ids=["mma", "wgmma", "wgmma-1wg"])
 def emulate(libraries, request):
-    return _emulator(libraries, request.param)
+    return _emulator(libraries, *request.param)
 
 
 @pytest.fixture(scope="module")

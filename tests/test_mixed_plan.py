@@ -191,19 +191,21 @@ def test_persistent_grid_is_what_fits_on_an_sm_up_to_two_blocks(arch, tile, hdim
 
 
 def test_candidates_put_wgmma_first_then_the_smallest_mma_tile_and_separate_last():
+    """wgmma's tiles in the table's order (its default two-warpgroup tile before decode's)."""
     found = mixed_candidates(serving([100], [700, 80]), "sm_90a")
-    assert [tag for tag, _ in found] == ["persistent-q128k128", "persistent-q64k64w4", "persistent-q128k64w8",
-                                         "persistent-q128k32w4", SEPARATE_TAG]
+    assert [tag for tag, _ in found] == ["persistent-q128k128", "persistent-q64k64b2", "persistent-q64k64w4",
+                                         "persistent-q128k64w8", "persistent-q128k32w4", SEPARATE_TAG]
     assert all(spec.entry == PERSISTENT_ENTRIES[spec.source] and ("FMHA_PERSISTENT", "1") in spec.defines
                for tag, spec in found if tag != SEPARATE_TAG)
-    assert [spec.source for _, spec in found[:2]] == [WGMMA_SOURCE, MMA_SOURCE]
+    assert [spec.source for _, spec in found[:3]] == [WGMMA_SOURCE, WGMMA_SOURCE, MMA_SOURCE]
     assert [tag for tag, _ in mixed_candidates(serving([100], [700, 80]), "sm_80")][0] == "persistent-q64k64w4"
 
 
 def test_arches_without_mma_run_the_separate_launches_and_fp8_runs_only_on_wgmma():
     assert [tag for tag, _ in mixed_candidates(serving([100], [700]), "gfx942")] == [SEPARATE_TAG]
     interleaved_fp8 = serving([100], [700, 9], dtype="fp8_e4m3fn", seqlen_q=[1, 100, 1], seqlen_k=[700, 100, 9])
-    assert [tag for tag, _ in mixed_candidates(interleaved_fp8, "sm_90a")] == ["persistent-q128k128"]   # wgmma fp8
+    assert [tag for tag, _ in mixed_candidates(interleaved_fp8, "sm_90a")] == ["persistent-q128k128",
+                                                                               "persistent-q64k128"]   # wgmma fp8
     reason = mixed_candidates(interleaved_fp8, "sm_80")
     assert "sm_80 has no wgmma" in reason and "mma.sync kernel takes fp16/bf16" in reason and "contiguous" in reason
 

@@ -6,7 +6,7 @@ emulation.
 
 This checks the kernel's descriptors, swizzled and staged loads, the fp8 V transpose and its key
 permutation against P's fragment, the P scale, masks, GQA, varlen, page tables, LSE, sink and
-soft cap, for the shipped tiles (128 query rows, 256 threads). Whether the instruction model is
+soft cap, for the shipped tiles (two warpgroups; one in decode's tiles). Whether the instruction model is
 the GPU's is for the GPU tests (tests/test_gpu_kernels.py).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from test_mma_emulated import Emulated, _assert_matches, paged
 
 from fmha_bench import dtypes
 from fmha_bench.kernels import kernel_args
-from fmha_bench.kernels_wgmma import shared_bytes, wgmma_candidates, wgmma_launch_config
+from fmha_bench.kernels_wgmma import shared_bytes, spec_tile, wgmma_candidates, wgmma_launch_config
 from fmha_bench.problem import Problem
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="needs g++ (C++20) to build the CPU emulation")
@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(CXX is None, reason="needs g++ (C++20) to build 
 FP8 = "fp8_e4m3fn"
 SMEM_EXTRA = r"""
 extern "C" int smem_bytes() { return fmha::kSmemBytes; }
+extern "C" int threads() { return fmha::kThreads; }
 """
 
 
@@ -39,18 +40,20 @@ def library(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def emulate(library):
-    """emulate(problem, block_k=None) -> Emulated: one launch of the problem's default wgmma
-    instance (or that instance with another BLOCK_K) over NaN-poisoned outputs."""
+    """emulate(problem, block_k=None, tag=None) -> Emulated: one launch of the problem's default
+    wgmma instance (or that instance with another BLOCK_K, or the candidate tagged `tag`) over
+    NaN-poisoned outputs."""
 
-    def run(problem: Problem, block_k: int = None) -> Emulated:
+    def run(problem: Problem, block_k: int = None, tag: str = None) -> Emulated:
         found = wgmma_candidates(problem, "sm_90a")
         assert not isinstance(found, str), found
-        spec = found[0][1] if block_k is None else with_block_k(found[0][1], block_k)
+        spec = found[0][1] if tag is None else dict(found)[tag]
+        spec = spec if block_k is None else with_block_k(spec, block_k)
         x = problem.make_inputs(seed=1)
         host, ptrs = host_buffers_with_nan_page(problem, x)
         grid, block, shared = wgmma_launch_config(spec, problem)
         lib = library(spec)
-        assert block == (256, 1, 1) and lib.smem_bytes() + 1024 == shared
+        assert block == (lib.threads(), 1, 1) and lib.smem_bytes() + 1024 == shared
         run_emulated(lib, kernel_args(problem, x, ptrs, 1), grid)
         return Emulated(dtypes.decode(host["o"], problem.out_dt), host["lse"], x)
 
@@ -118,12 +121,45 @@ def test_sixteen_bit_instances_match_reference(emulate, problem):
     _assert_matches(problem, emulate(problem))
 
 
+# ----------------------------------------------------------------------------- decode tiles: one warpgroup
+@pytest.mark.parametrize("problem,tag", [
+    (fwd(dtype="fp16", seqlen_q=2, seqlen_k=900, nhead_q=8, nhead_k=2), "wgmma-q64k64b2"),
+    (fwd(dtype="bf16", seqlen_q=1, seqlen_k=1000, nhead_q=8, nhead_k=2, sink=True), "wgmma-q64k64b2"),
+    (fwd(dtype="fp16", seqlen_q=3, seqlen_k=150, nhead_q=8, nhead_k=2, mask="xb:20"), "wgmma-q64k64b2"),
+    (fwd(seqlen_q=2, seqlen_k=700, nhead_q=8, nhead_k=2), "wgmma-q64k128"),                     # fp8: one warpgroup's transposer
+    (fwd(seqlen_q=2, seqlen_k=300, nhead_q=8, nhead_k=2, mask="t:8,-1,2"), "wgmma-q64k128"),
+    (fwd(hdim_q=64, seqlen_q=4, seqlen_k=600, nhead_q=16, nhead_k=2), "wgmma-q64k128"),
+    (fwd(dtype="bf16", hdim_q=64, seqlen_q=40, seqlen_k=300, nhead_q=4, nhead_k=2, mask="t"), "wgmma-q64k128"),
+    (paged(dtype="fp16", hdim_q=128, page_size=1, page_table="vllm", kv_layout="nhd", seqlen_q=[1, 2, 1],
+           seqlen_k=[700, 3, 260]), "wgmma-q64k64b2"),
+    (paged(dtype="bf16", hdim_q=128, page_size=16, page_table="sglang", kv_layout="hnd", seqlen_q=[2, 1, 1],
+           seqlen_k=[500, 40, 129]), "wgmma-q64k64b2"),
+    (paged(dtype=FP8, hdim_q=128, page_size=5, page_table="vllm", kv_layout="hnd", seqlen_q=[1, 1, 3],
+           seqlen_k=[610, 17, 44]), "wgmma-q64k128"),
+    (paged(dtype="fp16", hdim_q=64, page_size=3, page_table="sglang", kv_layout="nhd", seqlen_q=[1, 4, 2],
+           seqlen_k=[300, 17, 90]), "wgmma-q64k128"),
+], ids=lambda x: x if isinstance(x, str) else x.name())
+def test_decode_tiles_match_reference(emulate, problem, tag):
+    """One warpgroup's copiers, row table and (fp8) transposer passes, over several key tiles."""
+    _assert_matches(problem, emulate(problem, tag=tag))
+
+
 # ----------------------------------------------------------------------------- host mirrors and pieces
 @pytest.mark.parametrize("dtype,hdim,block_k", [(FP8, 64, 128), (FP8, 128, 128), (FP8, 256, 64), (FP8, 128, 64),
                                                 ("fp16", 128, 128), ("bf16", 256, 64)])
 def test_host_shared_bytes_mirror_the_kernel(library, dtype, hdim, block_k):
     spec = with_block_k(wgmma_candidates(Problem(dtype=dtype, hdim_q=hdim), "sm_90a")[0][1], block_k)
     assert library(spec).smem_bytes() + 1024 == shared_bytes(hdim, hdim, {"block_k": block_k}, dtype)
+
+
+@pytest.mark.parametrize("dtype,hdim", [(FP8, 128), ("fp16", 128), (FP8, 64), ("bf16", 64)])
+def test_host_shared_bytes_mirror_every_decode_tile(library, dtype, hdim):
+    found = wgmma_candidates(Problem(dtype=dtype, hdim_q=hdim, seqlen_q=1), "sm_90a")
+    decode = [(tag, spec) for tag, spec in found if tag.startswith("wgmma-q64")]
+    assert decode, found
+    for tag, spec in decode:
+        tile = spec_tile(spec)
+        assert library(spec).smem_bytes() + 1024 == shared_bytes(hdim, hdim, tile, dtype), tag
 
 
 PIECES = r"""
