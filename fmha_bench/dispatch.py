@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Union
 
-from . import kernels, kernels_mfma, kernels_mla, kernels_mma, kernels_wgmma
+from . import archs, kernels, kernels_mfma, kernels_mla, kernels_mma, kernels_wgmma
 from .build.instance import KernelSpec
 from .problem import Problem, ProblemError
 
@@ -44,7 +44,7 @@ def candidates(problem: Problem, arch: str) -> Union[list, str]:
         for family in (kernels_wgmma.wgmma_candidates, kernels_mma.mma_candidates, kernels_mfma.mfma_candidates):
             tiles = family(problem, arch)
             if not isinstance(tiles, str):
-                found += _decode_first(problem, tiles)
+                found += _decode_first(problem, arch, tiles)
     return found + [(portable_tag(portable), portable)]
 
 
@@ -64,8 +64,11 @@ def _mla_candidates(problem: Problem, arch: str, portable) -> Union[list, str]:
 # Rows per (sequence, KV head) at or under which a point is decode-like: a kernel's smallest row
 # tile wastes the least work and, with more blocks, reads K/V with more parallelism (H100, B=64
 # decode over 8k keys: mma.sync's 64-row tile moves 2.88 TB/s where its 128-row default moves
-# 1.73). The wgmma kernel stays ahead of mma.sync there: its 128-key stages keep twice the K/V in
-# flight (H200, B=64 paged decode over 8k keys: 2.9-3.3 TB/s vs 2.4-2.7 for page sizes 1..256).
+# 1.73; H200, wgmma's one-warpgroup tile 4.2-4.3 TB/s paged where its two-warpgroup default moves
+# 3.4). The wgmma kernel stays ahead of mma.sync there (H200, B=64 paged decode: 2.4-2.7 TB/s on
+# mma.sync). Unless the grid leaves the small tile's block slots emptier: B=16 decode over 32k
+# keys is 128 blocks, half of the 264 slots of two one-warpgroup blocks per SM, one per SM of the
+# two-warpgroup tile (H200: 0.727 vs 0.645 ms).
 DECODE_ROWS = 64
 
 
@@ -75,11 +78,27 @@ def _block_q(spec: KernelSpec) -> int:
     return int(dict(spec.defines)["FMHA_BLOCK_Q"])
 
 
-def _decode_first(problem: Problem, found: list) -> list:
+def _resident_blocks(spec: KernelSpec) -> int:
+    """Blocks of the instance one SM holds at once (as its tile declares; 1 when it declares none)."""
+    return kernels_wgmma.spec_tile(spec)["blocks_per_sm"] if spec.source == kernels_wgmma.WGMMA_SOURCE else 1
+
+
+def _decode_first(problem: Problem, arch: str, found: list) -> list:
+    """Decode-like points: the tiles whose grid fills its waves of resident blocks best (blocks /
+    (waves x block slots of the GPU)) first, then the smallest row tile."""
     rows = max(problem.seqlens_q()) * problem.group_size
     if rows > DECODE_ROWS:
         return found
-    return sorted(found, key=lambda item: _block_q(item[1]))
+    units = archs.get_arch(arch).get("compute_units")
+
+    def fill(spec: KernelSpec) -> float:
+        if not units:
+            return 1.0
+        blocks = -(-rows // _block_q(spec)) * problem.nhead_k * problem.batch
+        slots = units * _resident_blocks(spec)
+        return blocks / (-(-blocks // slots) * slots)
+
+    return sorted(found, key=lambda item: (-fill(item[1]), _block_q(item[1])))
 
 
 def instances_for(problems, arch_names) -> list[KernelSpec]:

@@ -102,6 +102,16 @@ def test_decode_like_points_take_each_family_s_smallest_row_tile_first_wgmma_ahe
     assert [tag for tag, _ in candidates(fp8, "sm_90a")][:2] == ["wgmma-q64k128", "wgmma-q128k128"]
 
 
+def test_decode_tiles_that_would_leave_most_block_slots_empty_go_after_the_default():
+    """B=16 x 8 KV heads = 128 blocks: half a wave of two one-warpgroup blocks per SM on 132 SMs,
+    nearly a wave of one two-warpgroup block per SM; B=64: two and four waves, both 97% full."""
+    def decode(batch):
+        return Problem(family="paged", page_size=64, batch=batch, seqlen_q=1, seqlen_k=32768, nhead_q=32, nhead_k=8,
+                       hdim_q=128, mask="b")
+    assert [tag for tag, _ in candidates(decode(16), "sm_90a")][:2] == ["wgmma-q128k128", "wgmma-q64k64b2"]
+    assert [tag for tag, _ in candidates(decode(64), "sm_90a")][:2] == ["wgmma-q64k64b2", "wgmma-q128k128"]
+
+
 def test_paged_mma_tiles_count_their_row_table_in_the_shared_memory_fit(monkeypatch):
     from fmha_bench import archs, kernels_mma
     tile = {"block_q": 64, "block_k": 64, "warps": 4}
