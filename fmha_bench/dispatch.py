@@ -1,9 +1,9 @@
 """The dispatcher: which forward instance runs a problem on an arch, and every candidate it
 chose from (for `--all-instances`).
 
-Candidates, in preference order: the Hopper wgmma kernel's tiles (kernels_wgmma; sm_90a, dense,
-fp16/bf16, one split), the mma.sync kernel's tiles (kernels_mma; NVIDIA sm_80+, fp16/bf16, one
-split) with the arch's default tile first, the AMD matrix-core kernel's tiles (kernels_mfma;
+Candidates, in preference order: the Hopper wgmma kernel's tiles (kernels_wgmma; sm_90a, dense or
+paged, fp16/bf16/fp8, split-KV too), the mma.sync kernel's tiles (kernels_mma; NVIDIA sm_80+,
+fp16/bf16, one split) with the arch's default tile first, the AMD matrix-core kernel's tiles (kernels_mfma;
 MFMA on gfx90a/gfx942/gfx950, WMMA on gfx1100/gfx1201; compiled and CPU-emulated here, never run
 on AMD hardware) (decode-like points: each kernel's smallest row tile first), then the portable kernel (kernels),
 which runs everything the project supports. Family mla has its own tensor-core kernel
@@ -40,11 +40,12 @@ def candidates(problem: Problem, arch: str) -> Union[list, str]:
     if isinstance(portable, str):
         return portable
     found = []
-    if problem.num_splits == 1:   # the tensor-core kernels do not split K/V yet
-        for family in (kernels_wgmma.wgmma_candidates, kernels_mma.mma_candidates, kernels_mfma.mfma_candidates):
-            tiles = family(problem, arch)
-            if not isinstance(tiles, str):
-                found += _decode_first(problem, arch, tiles)
+    # of the tensor-core kernels only wgmma splits K/V
+    families = (kernels_wgmma.wgmma_candidates, kernels_mma.mma_candidates, kernels_mfma.mfma_candidates)
+    for family in families if problem.num_splits == 1 else families[:1]:
+        tiles = family(problem, arch)
+        if not isinstance(tiles, str):
+            found += _decode_first(problem, arch, tiles)
     return found + [(portable_tag(portable), portable)]
 
 
@@ -92,9 +93,9 @@ def _decode_first(problem: Problem, arch: str, found: list) -> list:
     units = archs.get_arch(arch).get("compute_units")
 
     def fill(spec: KernelSpec) -> float:
-        if not units:
+        if not units or problem.num_splits == 0:   # auto splits fill the GPU by themselves
             return 1.0
-        blocks = -(-rows // _block_q(spec)) * problem.nhead_k * problem.batch
+        blocks = -(-rows // _block_q(spec)) * problem.nhead_k * problem.batch * problem.num_splits
         slots = units * _resident_blocks(spec)
         return blocks / (-(-blocks // slots) * slots)
 
@@ -123,9 +124,17 @@ def instances_for(problems, arch_names) -> list[KernelSpec]:
     return list(found)
 
 
+def num_splits_for(problem: Problem, spec: KernelSpec, num_sms: int) -> int:
+    """The split count a launch of `spec` uses: the problem's own, or for 0 `kernels.choose_num_splits`
+    with the instance's row tile and the device's SM (CU) count."""
+    if problem.num_splits > 0:
+        return problem.num_splits
+    return kernels.choose_num_splits(problem, num_sms, _block_q(spec))
+
+
 def launch_config(spec: KernelSpec, problem: Problem, num_splits: int = 1) -> tuple[tuple, tuple, int]:
     if spec.source == kernels_wgmma.WGMMA_SOURCE:
-        return kernels_wgmma.wgmma_launch_config(spec, problem)
+        return kernels_wgmma.wgmma_launch_config(spec, problem, num_splits)
     if spec.source == kernels_mfma.MFMA_SOURCE:
         return kernels_mfma.mfma_launch_config(spec, problem)
     if spec.source == kernels_mma.MMA_SOURCE:

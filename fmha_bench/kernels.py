@@ -178,14 +178,6 @@ def choose_num_splits(problem: Problem, num_sms: int, block_q: int) -> int:
     return max(1, min(wanted, key_cap, MAX_AUTO_SPLITS))
 
 
-def num_splits_for(problem: Problem, spec: KernelSpec, num_sms: int) -> int:
-    """The split count a launch of `spec` uses: the problem's own, or for 0 `choose_num_splits`
-    with the instance's row tile and the device's SM (CU) count."""
-    if problem.num_splits > 0:
-        return problem.num_splits
-    return choose_num_splits(problem, num_sms, int(dict(spec.defines)["FMHA_BLOCK_Q"]))
-
-
 def append_workspace_bytes(problem: Problem) -> dict[str, int]:
     """Device bytes of appendkv's rotated queries, by kernel_args pointer name (Q's shape and dtype)."""
     return {"q_rotated": sum(problem.seqlens_q()) * problem.nhead_q * problem.hdim_q * problem.dt.itemsize}

@@ -69,8 +69,9 @@ def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, soft_
 
 
 def wgmma_candidates(problem: Problem, arch: str) -> Union[list, str]:
-    """[(tag, KernelSpec)] in the dispatcher's order for an already valid fwd problem with one
-    split, or the reason the wgmma kernel cannot run it."""
+    """[(tag, KernelSpec)] in the dispatcher's order for an already valid fwd problem (any split
+    count: splits write fp32 partials for the combine kernel), or the reason the wgmma kernel
+    cannot run it."""
     spec = archs.get_arch(arch)
     refusal = tensor_core_refusal(problem, spec, "wgmma", "wgmma", WGMMA_DTYPES)
     if refusal:
@@ -101,8 +102,9 @@ def spec_tile(spec: KernelSpec) -> dict:
             "blocks_per_sm": int(defines.get("FMHA_BLOCKS_PER_SM", 1))}
 
 
-def wgmma_launch_config(spec: KernelSpec, problem: Problem) -> tuple[tuple, tuple, int]:
+def wgmma_launch_config(spec: KernelSpec, problem: Problem, num_splits: int = 1) -> tuple[tuple, tuple, int]:
+    """Block x = row tile * num_splits + split, y = KV head, z = sequence."""
     tile = spec_tile(spec)
     rows = max(problem.seqlens_q()) * problem.group_size
-    grid = (max(1, math.ceil(rows / block_q(tile))), problem.nhead_k, problem.batch)
+    grid = (max(1, math.ceil(rows / block_q(tile))) * num_splits, problem.nhead_k, problem.batch)
     return grid, (threads(tile), 1, 1), shared_bytes(problem.hdim_q, problem.hdim_v, tile, problem.dtype)

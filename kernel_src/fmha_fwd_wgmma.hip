@@ -9,11 +9,12 @@
    0 | 1, FMHA_BLOCKS_PER_SM (1 or 2), optional FMHA_PERSISTENT 0 | 1 and FMHA_WARPGROUPS 1 | 2
    (default 2; BLOCK_Q = 64 rows per warpgroup). The one-warpgroup tiles are decode's: with a few
    query rows per KV head a second warpgroup only doubles the idle tensor-core work of each step,
-   and two such blocks per SM (BLOCK_K 64) hide each other's step latency. Also builds for the CPU emulation (-DFMHA_CPU_EMULATION,
-   tests/test_wgmma_emulated.py, tests/test_mixed_emulated.py).
+   and two such blocks per SM (BLOCK_K 64) hide each other's step latency. Also builds for the
+   CPU emulation (-DFMHA_CPU_EMULATION, tests/test_wgmma_emulated.py, tests/test_mixed_emulated.py).
 
    A block's attention is a work item (fmha_work_plan.h), as in fmha_fwd_mma.hip: entry
-   fmha_fwd_wgmma(FmhaParams) runs the grid above (one item per block, every key, final output);
+   fmha_fwd_wgmma(FmhaParams) runs the grid above (one item per block, every key, final output;
+   or, num_splits > 1, one key split per block, fp32 partials for fmha_combine.hip);
    FMHA_PERSISTENT 1 builds fmha_fwd_wgmma_persistent(FmhaMixedArgs) instead, a fixed grid whose
    block x runs the plan's items for x (family mixed), split rows writing fp32 partials.
 
@@ -30,7 +31,7 @@
      after step t's block barrier (the only one per step), which every warpgroup reaches only
      after it retired the previous readers of those stages.
    - Masks, sinks, soft cap, LSE and the empty-row rules as fmha_fwd_mma.hip (KeyTiles skips
-     tiles nobody sees; only boundary tiles are masked element-wise).
+     tiles nobody sees; only boundary tiles, of the mask or of a split, are masked element-wise).
 
    fp8 (e4m3fn inputs, bf16 output; S carries q_descale k_descale through scale_log2, O carries
    v_descale, as the portable kernel): wgmma m64nNk32 .e4m3 reads 8-bit operands K-major only, so
@@ -397,14 +398,14 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
     const int b = item.seq, hk = item.kv_head;
     const int group = p.nhead_q / p.nhead_k;
     const int m0 = item.row_begin, rows = item.row_end;
-    const bool partial = kPersistent && item.slot >= 0;   /* uniform over the block */
+    const bool partial = item.slot >= 0;   /* a persistent item's slot or a split; uniform over the block */
 
     const KvSequence kv = kv_sequence<kPaged>(p, b, hk);
     const MaskSpec mask = mask_for_kv_head(p, hk, seqlen_q, kv.length);
     const KeyTiles<kBK> all_tiles(mask, m0 / group, (imin(m0 + kBQ, rows) - 1) / group);
-    /* only persistent items have a key range to cut to */
-    const TileList<kBK> tiles =
-        kPersistent ? TileList<kBK>(all_tiles, item.key_begin, item.key_end) : TileList<kBK>(all_tiles);
+    /* persistent items and splits have a key range to cut to */
+    const TileList<kBK> tiles = item.key_end == kAllKeys ? TileList<kBK>(all_tiles)
+                                                         : TileList<kBK>(all_tiles, item.key_begin, item.key_end);
     const InT* k_base = (const InT*)p.k + b * p.k_batch_stride + hk * p.k_head_stride;
     const InT* v_base = (const InT*)p.v + b * p.v_batch_stride + hk * p.v_head_stride;
     /* Tile t's K lives in K stage t % 2, its V in V stage t % 2 (fp8: staging and V^T stage t % 2);
@@ -481,7 +482,9 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
                 for (int e = 0; e < 2; ++e) {
                     float x = s[4 * nt + 2 * h + e];
                     if (SoftCap) x = tanhf(x * cap_in) * cap_log2;
-                    if (masked.value && !visible(j0 + nt * 8 + quad_col + e, row_lo[h], row_hi[h], row_sink[h]))
+                    const int j = j0 + nt * 8 + quad_col + e;
+                    if (masked.value && !(j >= item.key_begin && j < item.key_end &&
+                                          visible(j, row_lo[h], row_hi[h], row_sink[h])))
                         x = -FMHA_INF;
                     s[4 * nt + 2 * h + e] = x;
                     tile_max = fmaxf(tile_max, x);
@@ -510,7 +513,7 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
        slots on every tile (a quarter of the step's instructions at hdim 64). */
     auto softmax = [&](float (&s)[kBK / 2], int t, float (&alpha)[2]) {
         const int j0 = tiles.first_key(t);
-        if (all_tiles.all_visible(j0))
+        if (all_tiles.all_visible(j0) && j0 >= item.key_begin && j0 + kBK <= item.key_end)
             softmax_tile(Bool<false>(), s, j0, alpha);
         else
             softmax_tile(Bool<true>(), s, j0, alpha);
@@ -642,10 +645,21 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
         const int head = hk * group + m % group;
         float row_lse;
         const float f = finish_row<kPScaleLog2>(p, head, row_max[h] * mul, sum, !partial, p.v_descale, row_lse);
-        if (partial) {
-            const i64 at = (i64)item.slot * kBQ + (m - m0);
-            if (lane % 4 == 0) partials.lse[at] = row_lse;
-            float* dst = partials.o + at * kDv + quad_col;
+        const i64 token = q_first + m / group;
+        if (partial) {   /* fp32: a persistent item's slot row, or split s's row at O's element offsets */
+            float *o_row, *lse_at;
+            if constexpr (kPersistent) {
+                const i64 at = (i64)item.slot * kBQ + (m - m0);
+                o_row = partials.o + at * kDv;
+                lse_at = partials.lse + at;
+            } else {
+                o_row = (float*)p.o_acc + item.slot * p.o_acc_split_stride + b * p.o_batch_stride +
+                        head * p.o_head_stride + token * p.o_row_stride;
+                lse_at = (float*)p.lse_acc + item.slot * p.lse_acc_split_stride + b * p.lse_batch_stride +
+                         head * p.lse_head_stride + token;
+            }
+            if (lane % 4 == 0) *lse_at = row_lse;
+            float* dst = o_row + quad_col;
 #pragma unroll
             for (int dt = 0; dt < kDv / 8; ++dt) {
                 dst[dt * 8] = acc[4 * dt + 2 * h] * f;
@@ -653,7 +667,6 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
             }
             continue;
         }
-        const i64 token = q_first + m / group;
         if (p.has_lse && lane % 4 == 0) lse[b * p.lse_batch_stride + head * p.lse_head_stride + token] = row_lse;
         unsigned short* dst = o + b * p.o_batch_stride + head * p.o_head_stride + token * p.o_row_stride;
 #pragma unroll
@@ -678,15 +691,26 @@ static FMHA_DEVICE void with_row_table(const Body& body)
 }
 
 /* Block (x, y, z) = one item: row tile x of KV head y of sequence z, every key, final output.
-   Longest (causal) row tiles first. */
+   Longest (causal) row tiles first. Split-KV (num_splits > 1), as fmha_fwd.hip: x = row tile *
+   num_splits + split s, whose keys are [s X, (s + 1) X), X = ceil(keys / num_splits) (SPEC 6; the
+   tiles a boundary cuts take the element-wise mask), and whose fp32 partials go to o_acc /
+   lse_acc for the combine kernel. */
 static FMHA_DEVICE void grid_block(const FmhaParams& p, unsigned char* smem)
 {
     int q_first, seqlen_q;
     query_sequence(p, blockIdx.z, q_first, seqlen_q);
     const int rows = seqlen_q * (p.nhead_q / p.nhead_k);
-    const int m0 = (gridDim.x - 1 - blockIdx.x) * kBQ;
+    const int splits = imax(p.num_splits, 1), split = blockIdx.x % splits;
+    const int m0 = (gridDim.x / splits - 1 - blockIdx.x / splits) * kBQ;
     if (m0 >= rows) return;   /* uniform over the block */
-    const WorkItem item = {(int)blockIdx.z, (int)blockIdx.y, m0, rows, 0, kAllKeys, -1};
+    WorkItem item = {(int)blockIdx.z, (int)blockIdx.y, m0, rows, 0, kAllKeys, -1};
+    if (splits > 1) {
+        const int keys = kv_sequence<kPaged>(p, item.seq, item.kv_head).length;
+        const int width = (keys + splits - 1) / splits;
+        item.key_begin = imin(split * width, keys);
+        item.key_end = imin(item.key_begin + width, keys);
+        item.slot = split;
+    }
     with_row_table<kPaged>([&](auto& row_table) {
         attention<FMHA_SOFT_CAP != 0>(p, item, q_first, seqlen_q, PartialSlots{nullptr, nullptr}, smem, row_table);
     });

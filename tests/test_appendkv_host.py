@@ -53,7 +53,8 @@ def test_an_append_beyond_the_kernels_32_bit_chunk_index_is_refused():
 
 def test_dispatcher_candidates_of_the_attention_problem_put_the_tensor_core_decode_tiles_first():
     tags = [tag for tag, _ in dispatch.candidates(attention_problem(DECODE), "sm_90a")]
-    assert tags[0].startswith("wgmma-") and tags[1].startswith("mma-q64") and tags[-1].startswith("portable-")
+    first_mma = next(tag for tag in tags if tag.startswith("mma-"))
+    assert tags[0].startswith("wgmma-") and first_mma.startswith("mma-q64") and tags[-1].startswith("portable-")
 
 
 def test_append_grid_covers_every_chunk_of_the_longest_sequences_new_tokens():

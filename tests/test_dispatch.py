@@ -1,7 +1,9 @@
 """The dispatcher: candidates per problem and arch, their order, tags and launch shapes."""
 from __future__ import annotations
 
-from fmha_bench.dispatch import candidates, instances_for, launch_config
+import dataclasses
+
+from fmha_bench.dispatch import candidates, instances_for, launch_config, num_splits_for
 from fmha_bench.kernels_mma import MMA_SOURCE, shared_bytes
 from fmha_bench.kernels_wgmma import WGMMA_SOURCE
 from fmha_bench.kernels_wgmma import shared_bytes as wgmma_shared_bytes
@@ -25,10 +27,24 @@ def test_amd_points_prefer_the_matrix_core_kernel():
         assert tags[0].startswith(family) and tags[-1].startswith("portable-"), (arch, tags)
 
 
-def test_split_kv_points_have_only_the_portable_kernel():
-    for arch in ("sm_90a", "gfx942"):
+def test_split_kv_points_have_the_wgmma_kernel_then_only_the_portable_kernel():
+    """Of the tensor-core kernels only wgmma writes split partials."""
+    hopper = candidates(Problem(family="splitkv", num_splits=4), "sm_90a")
+    assert [tag.split("-")[0] for tag, _ in hopper] == ["wgmma", "wgmma", "portable"]
+    for arch in ("sm_80", "gfx942"):
         found = candidates(Problem(family="splitkv", num_splits=4), arch)
         assert [tag.split("-")[0] for tag, _ in found] == ["portable"], arch
+
+
+def test_split_counts_follow_each_instance_s_row_tile():
+    auto = Problem(family="paged", page_size=16, batch=2, seqlen_q=1, seqlen_k=32768, nhead_q=32, nhead_k=8,
+                   hdim_q=128, mask="b", num_splits=0)
+    found = dict(candidates(auto, "sm_90a"))
+    # 16 blocks: ceil(2 * 132 / 16) = 17 splits for either wgmma tile (each holds the 4 rows in one tile)
+    assert num_splits_for(auto, found["wgmma-q64k64b2"], 132) == num_splits_for(auto, found["wgmma-q128k128"], 132) == 17
+    grid = launch_config(found["wgmma-q64k64b2"], auto, 17)[0]
+    assert grid == (17, 8, 2)
+    assert num_splits_for(dataclasses.replace(auto, num_splits=5), found["wgmma-q64k64b2"], 132) == 5
 
 
 def test_fp8_goes_to_the_matrix_core_kernel_of_its_format_then_the_portable_kernel():
@@ -83,12 +99,13 @@ def test_instances_for_lists_every_candidate_once_and_skips_unsupported():
         assert {s for s in specs if s.arch == arch} == {spec for _, spec in candidates(problems[0], arch)}
 
 
-def test_instances_for_adds_the_split_instance_and_one_combine_per_arch():
+def test_instances_for_adds_the_split_instances_and_one_combine_per_arch():
     problems = [Problem(family="paged", page_size=16, seqlen_k=s, num_splits=n) for s, n in ((300, 0), (900, 4))]
     specs = instances_for(problems, ["gfx942", "sm_90a"])
     kinds = [(s.entry, dict(s.defines).get("FMHA_SPLIT_KV"), s.arch) for s in specs]
-    assert kinds == [(entry, split, arch) for arch in ("gfx942", "sm_90a")
-                     for entry, split in (("fmha_fwd", "1"), ("fmha_combine", None))]
+    assert kinds == [("fmha_fwd", "1", "gfx942"), ("fmha_combine", None, "gfx942"),
+                     ("fmha_fwd_wgmma", None, "sm_90a"), ("fmha_fwd_wgmma", None, "sm_90a"),
+                     ("fmha_fwd", "1", "sm_90a"), ("fmha_combine", None, "sm_90a")]
 
 
 def test_decode_like_points_take_each_family_s_smallest_row_tile_first_wgmma_ahead():

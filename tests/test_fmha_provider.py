@@ -11,8 +11,8 @@ from fmha_bench import build
 from fmha_bench.backends.base import DeviceBuffer, DeviceInfo
 from fmha_bench.build.cache import BuildResult
 from fmha_bench.kernel_params import FmhaParams, unpack
-from fmha_bench.kernels import (combine_launch_config, launch_config, select_combine, select_kernel,
-                                split_workspace_bytes)
+from fmha_bench.dispatch import candidates, launch_config
+from fmha_bench.kernels import combine_launch_config, select_combine, split_workspace_bytes
 from fmha_bench.problem import Problem
 from fmha_bench.providers.fmha import FmhaProvider
 from fmha_bench.session import POISON_BYTE, PointSession
@@ -91,8 +91,8 @@ def test_split_launch_runs_the_forward_grid_then_the_combine_on_one_stream_with_
     backend.calls.clear()
     prepared.launch()
     (_, fwd, fwd_grid, _, _, fwd_args, fwd_stream), (_, comb, comb_grid, _, _, comb_args, comb_stream) = backend.calls
-    assert (fwd, comb) == ("fmha_fwd", "fmha_combine") and fwd_stream == comb_stream
-    assert fwd_grid == launch_config(select_kernel(SPLIT, "sm_90a"), SPLIT, 3)[0]
+    assert (fwd, comb) == ("fmha_fwd_wgmma", "fmha_combine") and fwd_stream == comb_stream   # wgmma splits too
+    assert fwd_grid == launch_config(candidates(SPLIT, "sm_90a")[0][1], SPLIT, 3)[0]
     assert comb_grid == combine_launch_config(select_combine(SPLIT, "sm_90a"), SPLIT)[0]
     assert fwd_args is comb_args
     args = unpack(ctypes.string_at(ctypes.c_void_p.from_address(fwd_args.address).value, ctypes.sizeof(FmhaParams)))
@@ -109,7 +109,7 @@ def test_auto_split_count_comes_from_the_device_sm_count(no_compiler):
     assert " split" not in prepared.kernel and prepared.notes == ["num_splits 1 (auto)"]
     backend.calls.clear()
     prepared.launch()
-    assert [c[1] for c in backend.calls] == ["fmha_fwd"]
+    assert [c[1] for c in backend.calls] == ["fmha_fwd_wgmma"]
 
 
 def test_workspace_is_reused_grown_on_demand_and_freed_on_close():

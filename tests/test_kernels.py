@@ -10,8 +10,9 @@ from fmha_bench import archs
 from fmha_bench.build.instance import KernelSpec
 from fmha_bench.errors import UserError
 from fmha_bench.kernel_params import MASK_ALIGN, PAGE_TABLE, unpack
+from fmha_bench.dispatch import num_splits_for
 from fmha_bench.kernels import (MAX_AUTO_SPLITS, MIN_KEYS_PER_SPLIT, choose_num_splits, combine_launch_config,
-                                kernel_args, launch_config, num_splits_for, select_combine,
+                                kernel_args, launch_config, select_combine,
                                 select_kernel, shipped_instances, split_workspace_bytes)
 from fmha_bench.problem import Problem
 

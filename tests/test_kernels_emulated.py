@@ -19,8 +19,9 @@ import pytest
 
 from fmha_bench import dtypes
 from fmha_bench.kernel_params import repo_header_path
-from fmha_bench.kernels import (combine_launch_config, kernel_args, launch_config, num_splits_for, select_combine,
-                                select_kernel, split_workspace_bytes)
+from fmha_bench.dispatch import num_splits_for
+from fmha_bench.kernels import (combine_launch_config, kernel_args, launch_config, select_combine, select_kernel,
+                                split_workspace_bytes)
 from fmha_bench.problem import Problem
 from fmha_bench.reference import RefOutput, attention, split_partials
 from fmha_bench.reference.layout import output_shapes
@@ -90,10 +91,10 @@ def host_buffers(problem, inputs, splits: int = 1) -> dict:
     return {k: np.ascontiguousarray(v) for k, v in host.items() if v is not None}
 
 
-def host_buffers_with_nan_page(problem, inputs) -> tuple[dict, dict]:
+def host_buffers_with_nan_page(problem, inputs, splits: int = 1) -> tuple[dict, dict]:
     """host_buffers plus their pointers; a paged point's K/V pools get a NaN page in front of
     page 0 (pointer past it), so a kernel that reads page -1 of a table writes NaN."""
-    host = host_buffers(problem, inputs)
+    host = host_buffers(problem, inputs, splits)
     ptrs = {k: v.ctypes.data for k, v in host.items()}
     if problem.is_paged:
         for name in ("k", "v"):

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from fmha_bench import kernels
+from fmha_bench import dispatch, kernels
 from fmha_bench.archs import get_arch
 from fmha_bench.dispatch import candidates, instances_for, launch_config, p_precision
 from fmha_bench.kernel_params import repo_header_path
@@ -98,8 +98,8 @@ def test_split_problems_need_the_combine(monkeypatch):
 def test_auto_split_count_of_the_wgmma_instance_fills_the_hopper_sms():
     """num_splits 0: the 64-row tile's blocks (2 per sequence at Hq 128) against 132 SMs."""
     spec = mla_wgmma_spec("sm_90a", mla(num_splits=0))
-    assert kernels.num_splits_for(mla(num_splits=0), spec, 132) == 3
-    assert kernels.num_splits_for(mla(num_splits=0, batch=2, nhead_q=64), spec, 132) == 32
+    assert dispatch.num_splits_for(mla(num_splits=0), spec, 132) == 3
+    assert dispatch.num_splits_for(mla(num_splits=0, batch=2, nhead_q=64), spec, 132) == 32
 
 
 def test_target_point_shared_memory_and_launch_shape():

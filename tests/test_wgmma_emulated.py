@@ -17,12 +17,14 @@ import dataclasses
 import numpy as np
 import pytest
 from test_kernels_emulated import CXX, DRIVER, _compile, host_buffers_with_nan_page, kernel_libraries, run_emulated
-from test_mma_emulated import Emulated, _assert_matches, paged
+from test_mma_emulated import Emulated as Unsplit
+from test_mma_emulated import _assert_matches, paged
 
 from fmha_bench import dtypes
-from fmha_bench.kernels import kernel_args
+from fmha_bench.kernels import combine_launch_config, kernel_args, select_combine
 from fmha_bench.kernels_wgmma import shared_bytes, spec_tile, wgmma_candidates, wgmma_launch_config
 from fmha_bench.problem import Problem
+from fmha_bench.reference import split_partials
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="needs g++ (C++20) to build the CPU emulation")
 
@@ -38,8 +40,18 @@ def library(tmp_path_factory):
     return kernel_libraries(tmp_path_factory.mktemp("wgmma_emulated"), "w", DRIVER + SMEM_EXTRA, "fmha::kThreads")
 
 
+@dataclasses.dataclass
+class Emulated(Unsplit):
+    lse_acc: np.ndarray | None = None   # split-KV partial LSEs [num_splits, *LSE shape] (None when unsplit)
+
+
 @pytest.fixture(scope="module")
-def emulate(library):
+def combine_library(tmp_path_factory):
+    return kernel_libraries(tmp_path_factory.mktemp("wgmma_combine"), "c")
+
+
+@pytest.fixture(scope="module")
+def emulate(library, combine_library):
     """emulate(problem, block_k=None, tag=None) -> Emulated: one launch of the problem's default
     wgmma instance (or that instance with another BLOCK_K, or the candidate tagged `tag`) over
     NaN-poisoned outputs."""
@@ -50,12 +62,17 @@ def emulate(library):
         spec = found[0][1] if tag is None else dict(found)[tag]
         spec = spec if block_k is None else with_block_k(spec, block_k)
         x = problem.make_inputs(seed=1)
-        host, ptrs = host_buffers_with_nan_page(problem, x)
-        grid, block, shared = wgmma_launch_config(spec, problem)
+        splits = problem.num_splits
+        host, ptrs = host_buffers_with_nan_page(problem, x, splits)
+        grid, block, shared = wgmma_launch_config(spec, problem, splits)
         lib = library(spec)
         assert block == (lib.threads(), 1, 1) and lib.smem_bytes() + 1024 == shared
-        run_emulated(lib, kernel_args(problem, x, ptrs, 1), grid)
-        return Emulated(dtypes.decode(host["o"], problem.out_dt), host["lse"], x)
+        args = kernel_args(problem, x, ptrs, splits)
+        run_emulated(lib, args, grid)
+        if splits > 1:
+            combine = select_combine(problem, "sm_90a")
+            run_emulated(combine_library(combine), args, combine_launch_config(combine, problem)[0])
+        return Emulated(dtypes.decode(host["o"], problem.out_dt), host["lse"], x, host.get("lse_acc"))
 
     return run
 
@@ -142,6 +159,31 @@ def test_sixteen_bit_instances_match_reference(emulate, problem):
 def test_decode_tiles_match_reference(emulate, problem, tag):
     """One warpgroup's copiers, row table and (fp8) transposer passes, over several key tiles."""
     _assert_matches(problem, emulate(problem, tag=tag))
+
+
+# ----------------------------------------------------------------------------- split-KV: partials and the combine
+@pytest.mark.parametrize("problem,tag", [
+    (paged(dtype="bf16", hdim_q=128, page_size=16, page_table="vllm", kv_layout="hnd", seqlen_q=[1, 2, 1],
+           seqlen_k=[700, 3, 260], num_splits=3, sink=True), "wgmma-q64k64b2"),   # split edges inside tiles
+    (fwd(family="splitkv", dtype="fp16", seqlen_q=2, seqlen_k=300, nhead_q=8, nhead_k=2, mask="xb:40", num_splits=5),
+     "wgmma-q64k64b2"),
+    (fwd(family="splitkv", dtype="fp16", seqlen_q=70, seqlen_k=260, mask="t:8,-1,2", num_splits=2), "wgmma-q128k128"),
+    (fwd(family="splitkv", seqlen_q=1, seqlen_k=90, nhead_q=8, nhead_k=2, num_splits=4, sink=True),
+     "wgmma-q64k128"),   # fp8
+    (fwd(family="splitkv", dtype="bf16", seqlen_q=1, seqlen_k=40, nhead_q=8, nhead_k=2, num_splits=64),
+     "wgmma-q64k64b2"),  # empty splits
+], ids=lambda x: x if isinstance(x, str) else x.name())
+def test_splits_write_the_spec_partials_and_combine_to_the_reference(emulate, problem, tag):
+    """SPEC 6's key ranges (X = ceil(keys / num_splits), not whole tiles): the partial LSEs are the
+    reference's (the same empty splits, values within the rounded-P tolerance), the combine's O
+    and LSE match."""
+    run = emulate(problem, tag=tag)
+    _assert_matches(problem, run)
+    _, lse_s = split_partials(problem, run.inputs, problem.num_splits)
+    if problem.mode == "group":
+        lse_s = lse_s.transpose(0, 2, 1)
+    np.testing.assert_array_equal(np.isneginf(run.lse_acc), np.isneginf(lse_s))
+    np.testing.assert_allclose(run.lse_acc, lse_s, atol=2e-3 if problem.dtype == FP8 else 1e-4, rtol=0)
 
 
 # ----------------------------------------------------------------------------- host mirrors and pieces

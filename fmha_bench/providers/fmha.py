@@ -108,8 +108,8 @@ class FmhaProvider(Provider):
 
     def prepare(self, problem, session) -> Prepared:
         from ..backends.base import KernelArguments
-        from ..dispatch import p_precision
-        from ..kernels import combine_launch_config, kernel_args, num_splits_for, select_combine, split_workspace_bytes
+        from ..dispatch import num_splits_for, p_precision
+        from ..kernels import combine_launch_config, kernel_args, select_combine, split_workspace_bytes
         backend = session.backend
         picked, reason = self._select(problem, session.device.arch)
         if picked is None:
