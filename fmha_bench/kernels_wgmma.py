@@ -57,14 +57,16 @@ def tile_tag(tile: dict) -> str:
     return f"wgmma-q{block_q(tile)}k{tile['block_k']}" + (f"b{blocks}" if blocks > 1 else "")
 
 
-def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, soft_cap: bool, tile: dict) -> KernelSpec:
+def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, soft_cap: bool, split_kv: bool,
+          tile: dict) -> KernelSpec:
     dims = f"hd{hdim_q}" if hdim_q == hdim_v else f"hd{hdim_q}x{hdim_v}"
-    label = f"fwd_{kv_source}_{dtype}_{dims}{'_cap' if soft_cap else ''}_{tile_tag(tile).replace('-', '_')}"
+    label = (f"fwd_{kv_source}_{dtype}_{dims}{'_cap' if soft_cap else ''}_{tile_tag(tile).replace('-', '_')}"
+             + ("_splitkv" if split_kv else ""))
     defines = (("FMHA_DTYPE", dtype), ("FMHA_HDIM_Q", str(hdim_q)), ("FMHA_HDIM_V", str(hdim_v)),
                ("FMHA_KV_SOURCE", kv_source), ("FMHA_BLOCK_K", str(tile["block_k"])),
                ("FMHA_SOFT_CAP", "1" if soft_cap else "0"),
                ("FMHA_BLOCKS_PER_SM", str(tile.get("blocks_per_sm", 1))),
-               ("FMHA_WARPGROUPS", str(tile.get("warpgroups", 2))))
+               ("FMHA_WARPGROUPS", str(tile.get("warpgroups", 2))), ("FMHA_SPLIT_KV", "1" if split_kv else "0"))
     return KernelSpec(source=WGMMA_SOURCE, entry=WGMMA_ENTRY, defines=defines, arch=arch, label=label)
 
 
@@ -88,8 +90,8 @@ def wgmma_candidates(problem: Problem, arch: str) -> Union[list, str]:
                                                + static_shared_bytes(t, problem.is_paged) + 1024) <= limit + 1024]
     if not fitting:
         return f"hdim {problem.hdim_q}/{problem.hdim_v}: no wgmma tile fits {limit} bytes of shared memory"
-    cap, kv_source = problem.soft_cap > 0, "paged" if problem.is_paged else "dense"
-    return [(tile_tag(t), _spec(arch, problem.dtype, problem.hdim_q, problem.hdim_v, kv_source, cap, t))
+    cap, kv_source, split = problem.soft_cap > 0, "paged" if problem.is_paged else "dense", problem.num_splits != 1
+    return [(tile_tag(t), _spec(arch, problem.dtype, problem.hdim_q, problem.hdim_v, kv_source, cap, split, t))
             for t in fitting]
 
 

@@ -6,7 +6,8 @@
 
    Compile-time specialisation (-D): FMHA_DTYPE fp16 | bf16 | fp8_e4m3fn, FMHA_HDIM_Q, FMHA_HDIM_V
    (multiples of 64, <= 256), FMHA_KV_SOURCE dense | paged, FMHA_BLOCK_K (64 or 128), FMHA_SOFT_CAP
-   0 | 1, FMHA_BLOCKS_PER_SM (1 or 2), optional FMHA_PERSISTENT 0 | 1 and FMHA_WARPGROUPS 1 | 2
+   0 | 1, FMHA_BLOCKS_PER_SM (1 or 2), optional FMHA_PERSISTENT 0 | 1, FMHA_SPLIT_KV 0 | 1 (grid
+   instances that honour num_splits) and FMHA_WARPGROUPS 1 | 2
    (default 2; BLOCK_Q = 64 rows per warpgroup). The one-warpgroup tiles are decode's: with a few
    query rows per KV head a second warpgroup only doubles the idle tensor-core work of each step,
    and two such blocks per SM (BLOCK_K 64) hide each other's step latency. Also builds for the
@@ -76,6 +77,9 @@
 #ifndef FMHA_PERSISTENT
 #define FMHA_PERSISTENT 0
 #endif
+#ifndef FMHA_SPLIT_KV
+#define FMHA_SPLIT_KV 0
+#endif
 
 #define FMHA_CAT_(a, b) a##b
 #define FMHA_CAT(a, b) FMHA_CAT_(a, b)
@@ -102,6 +106,10 @@ struct kv_dense { static constexpr bool paged = false; };
 struct kv_paged { static constexpr bool paged = true; };
 constexpr bool kPaged = FMHA_CAT(kv_, FMHA_KV_SOURCE)::paged;
 constexpr bool kPersistent = FMHA_PERSISTENT != 0;
+/* Split-KV grid instances honour num_splits; the others compile its key ranges out (their cut
+   tile list, in-range tests and partial epilogue cost prefill ~1.5%). */
+constexpr bool kSplitKv = FMHA_SPLIT_KV != 0 && !kPersistent;
+constexpr bool kKeyRanges = kPersistent || kSplitKv;   /* items may cover only some keys */
 
 constexpr int kDq = FMHA_HDIM_Q, kDv = FMHA_HDIM_V, kBK = FMHA_BLOCK_K;
 #ifndef FMHA_WARPGROUPS
@@ -398,14 +406,13 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
     const int b = item.seq, hk = item.kv_head;
     const int group = p.nhead_q / p.nhead_k;
     const int m0 = item.row_begin, rows = item.row_end;
-    const bool partial = item.slot >= 0;   /* a persistent item's slot or a split; uniform over the block */
+    const bool partial = kKeyRanges && item.slot >= 0;   /* a persistent item's slot or a split; uniform */
 
     const KvSequence kv = kv_sequence<kPaged>(p, b, hk);
     const MaskSpec mask = mask_for_kv_head(p, hk, seqlen_q, kv.length);
     const KeyTiles<kBK> all_tiles(mask, m0 / group, (imin(m0 + kBQ, rows) - 1) / group);
-    /* persistent items and splits have a key range to cut to */
-    const TileList<kBK> tiles = item.key_end == kAllKeys ? TileList<kBK>(all_tiles)
-                                                         : TileList<kBK>(all_tiles, item.key_begin, item.key_end);
+    const TileList<kBK> tiles =
+        kKeyRanges ? TileList<kBK>(all_tiles, item.key_begin, item.key_end) : TileList<kBK>(all_tiles);
     const InT* k_base = (const InT*)p.k + b * p.k_batch_stride + hk * p.k_head_stride;
     const InT* v_base = (const InT*)p.v + b * p.v_batch_stride + hk * p.v_head_stride;
     /* Tile t's K lives in K stage t % 2, its V in V stage t % 2 (fp8: staging and V^T stage t % 2);
@@ -483,8 +490,9 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
                     float x = s[4 * nt + 2 * h + e];
                     if (SoftCap) x = tanhf(x * cap_in) * cap_log2;
                     const int j = j0 + nt * 8 + quad_col + e;
-                    if (masked.value && !(j >= item.key_begin && j < item.key_end &&
-                                          visible(j, row_lo[h], row_hi[h], row_sink[h])))
+                    /* split edges fall inside tiles (plan cuts do not) */
+                    const bool in_split = !kSplitKv || (j >= item.key_begin && j < item.key_end);
+                    if (masked.value && !(in_split && visible(j, row_lo[h], row_hi[h], row_sink[h])))
                         x = -FMHA_INF;
                     s[4 * nt + 2 * h + e] = x;
                     tile_max = fmaxf(tile_max, x);
@@ -513,7 +521,7 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
        slots on every tile (a quarter of the step's instructions at hdim 64). */
     auto softmax = [&](float (&s)[kBK / 2], int t, float (&alpha)[2]) {
         const int j0 = tiles.first_key(t);
-        if (all_tiles.all_visible(j0) && j0 >= item.key_begin && j0 + kBK <= item.key_end)
+        if (all_tiles.all_visible(j0) && (!kSplitKv || (j0 >= item.key_begin && j0 + kBK <= item.key_end)))
             softmax_tile(Bool<false>(), s, j0, alpha);
         else
             softmax_tile(Bool<true>(), s, j0, alpha);
@@ -700,7 +708,7 @@ static FMHA_DEVICE void grid_block(const FmhaParams& p, unsigned char* smem)
     int q_first, seqlen_q;
     query_sequence(p, blockIdx.z, q_first, seqlen_q);
     const int rows = seqlen_q * (p.nhead_q / p.nhead_k);
-    const int splits = imax(p.num_splits, 1), split = blockIdx.x % splits;
+    const int splits = kSplitKv ? imax(p.num_splits, 1) : 1, split = blockIdx.x % splits;
     const int m0 = (gridDim.x / splits - 1 - blockIdx.x / splits) * kBQ;
     if (m0 >= rows) return;   /* uniform over the block */
     WorkItem item = {(int)blockIdx.z, (int)blockIdx.y, m0, rows, 0, kAllKeys, -1};

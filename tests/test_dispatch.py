@@ -104,7 +104,7 @@ def test_instances_for_adds_the_split_instances_and_one_combine_per_arch():
     specs = instances_for(problems, ["gfx942", "sm_90a"])
     kinds = [(s.entry, dict(s.defines).get("FMHA_SPLIT_KV"), s.arch) for s in specs]
     assert kinds == [("fmha_fwd", "1", "gfx942"), ("fmha_combine", None, "gfx942"),
-                     ("fmha_fwd_wgmma", None, "sm_90a"), ("fmha_fwd_wgmma", None, "sm_90a"),
+                     ("fmha_fwd_wgmma", "1", "sm_90a"), ("fmha_fwd_wgmma", "1", "sm_90a"),
                      ("fmha_fwd", "1", "sm_90a"), ("fmha_combine", None, "sm_90a")]
 
 
