@@ -3,9 +3,10 @@ chose from (for `--all-instances`).
 
 Candidates, in preference order: the Hopper wgmma kernel's tiles (kernels_wgmma; sm_90a, dense or
 paged, fp16/bf16/fp8, split-KV too), the mma.sync kernel's tiles (kernels_mma; NVIDIA sm_80+,
-fp16/bf16, one split) with the arch's default tile first, the AMD matrix-core kernel's tiles (kernels_mfma;
-MFMA on gfx90a/gfx942/gfx950, WMMA on gfx1100/gfx1201; compiled and CPU-emulated here, never run
-on AMD hardware) (decode-like points: each kernel's smallest row tile first), then the portable kernel (kernels),
+fp16/bf16, one split) with the arch's default tile first, the AMD matrix-core kernel's tiles
+(kernels_mfma; MFMA on gfx90a/gfx942/gfx950, WMMA on gfx1100/gfx1201; compiled and CPU-emulated
+here, never run on AMD hardware) (decode-like points: within each kernel, the tiles whose grid
+fills its waves of resident blocks best, then the smallest row tile), then the portable kernel (kernels),
 which runs everything the project supports. Family mla has its own tensor-core kernel
 (kernels_mla; NVIDIA sm_80+, fp16/bf16/fp8, split-KV too) first, then the portable kernel where
 that runs it. Each candidate carries a short tag (`mma-q128k64w8`, `mla-q64k32s3`,
@@ -69,7 +70,7 @@ def _mla_candidates(problem: Problem, arch: str, portable) -> Union[list, str]:
 # 3.4). The wgmma kernel stays ahead of mma.sync there (H200, B=64 paged decode: 2.4-2.7 TB/s on
 # mma.sync). Unless the grid leaves the small tile's block slots emptier: B=16 decode over 32k
 # keys is 128 blocks, half of the 264 slots of two one-warpgroup blocks per SM, one per SM of the
-# two-warpgroup tile (H200: 0.727 vs 0.645 ms).
+# two-warpgroup tile (H200: 0.715 vs 0.607 ms). The rule misses at 16-32 blocks (NOTES.md).
 DECODE_ROWS = 64
 
 

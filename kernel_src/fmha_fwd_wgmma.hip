@@ -315,11 +315,11 @@ FMHA_DEVICE Copier make_copier(const InT* base, i64 row_stride, const KvSequence
 /* fp8: staged V [keys][Dv] -> V^T [Dv][keys] (K-major, keys in the order of the header's
    permutation). Lane l of warp w owns 16 keys (group c = l % G, G = BLOCK_K / 16) x 4 head dims
    (16 h + 4 sub .. + 3, sub = l / G % 4, h = w (8 / G) + l / (4 G); further passes, where the
-   block's W warps cover fewer than Dv / 16 chunks, add W (8 / G) to h): 16 word loads (key k of the group: its 4 dims; through
-   the staging swizzle the warp's 32 loads hit 32 banks), 32 byte permutes, 4 16-byte stores (dim
-   d, the group's chunk column of V^T row d; a quarter warp's 8 lanes write 8 different columns of
-   the swizzle). V^T stage s holds keys s BLOCK_K .. of the [Dv][2 BLOCK_K] tile: 16-key group c
-   of stage s is its chunk column s G + c. */
+   block's W warps cover fewer than Dv / 16 chunks, add W (8 / G) to h): 16 word loads (key k of
+   the group: its 4 dims; through the staging swizzle the warp's 32 loads hit 32 banks), 32 byte
+   permutes, 4 16-byte stores (dim d, the group's chunk column of V^T row d; a quarter warp's 8
+   lanes write 8 different columns of the swizzle). V^T stage s holds keys s BLOCK_K .. of the
+   [Dv][2 BLOCK_K] tile: 16-key group c of stage s is its chunk column s G + c. */
 struct VTransposer {
     static constexpr int kGroups = kKeyGroups, kPerWarp = 8 / kGroups, kDimChunks = kDv / 16;
     static constexpr int kPassChunks = kThreads / 32 * kPerWarp;   /* chunks of 16 dims per pass */
@@ -352,7 +352,8 @@ struct VTransposer {
 #pragma unroll
         for (int pass = 0; pass < kPasses; ++pass) {
             if (first_dim + pass * kPassDims >= kDv) continue;   /* warp-uniform: head dims 64 leave warps idle */
-            const unsigned char* src = staging + load_offset + (((h + pass * kPassChunks) ^ group_swizzle) << 4);
+            const int chunk = (h + pass * kPassChunks) ^ group_swizzle;
+            const unsigned char* src = staging + load_offset + (chunk << 4);
             unsigned w[16];
 #pragma unroll
             for (int k = 0; k < 16; ++k) w[k] = *(const unsigned*)(src + k * line_bytes<kDv>);
@@ -554,8 +555,8 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
         fmha_barrier();
     };
 
-    /* Prologue: the rows of tiles 0..2 resolved (tile 3's page ids fetched); Q and K_0, then V_0 and K_1 (fp8: then V_1) in
-       flight; S_0 and its softmax (fp8: V_0 transposed meanwhile). */
+    /* Prologue: the rows of tiles 0..2 resolved (tile 3's page ids fetched); Q and K_0, then V_0
+       and K_1 (fp8: then V_1) in flight; S_0 and its softmax (fp8: V_0 transposed meanwhile). */
     if constexpr (kPaged) {
         for (int t = 0; t < PagedRowTable::kSlots; ++t) {
             fetch_rows(t);

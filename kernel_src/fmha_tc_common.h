@@ -15,8 +15,8 @@ namespace fmha {
 constexpr int kAllKeys = 1 << 30;
 
 /* KeyTiles' sink tiles, then its window tiles, each cut to the tiles meeting the keys
-   [key_begin, key_end) (split-KV and work-plan cuts fall on multiples of BlockK, so no tile is
-   cut in two); the one-argument form keeps every tile with KeyTiles' own arithmetic (no extra
+   [key_begin, key_end) (work-plan cuts fall on multiples of BlockK; split-KV edges may cut a
+   tile in two, which the splitting kernels then mask element-wise); the one-argument form keeps every tile with KeyTiles' own arithmetic (no extra
    live register where nothing is ever cut). */
 template <int BlockK>
 struct TileList {
