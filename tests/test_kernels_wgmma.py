@@ -2,11 +2,13 @@
 e4m3 k32 wrappers it compiles against (kernel_src/fmha_wgmma_ops.h)."""
 from __future__ import annotations
 
+import json
 import re
 
 from test_wgmma_ops import _generator
 
-from fmha_bench.kernels_wgmma import shared_bytes, wgmma_candidates, wgmma_launch_config
+from fmha_bench import archs
+from fmha_bench.kernels_wgmma import block_q, shared_bytes, wgmma_candidates, wgmma_launch_config
 from fmha_bench.problem import Problem
 
 HOPPER_OPTIN = 232448
@@ -60,3 +62,10 @@ def test_e4m3_wrappers_are_k32_with_no_transpose_immediates_and_list_their_opera
         a_names = a_operand.strip("{}").split(", ")
         assert a_names == [f"%{int(n) // 2 + i}" for i in range(len(a_names))] and len(a_names) in (1, 4)
         assert int(b_operand) == int(n) // 2 + len(a_names)
+
+
+def test_every_tile_in_the_table_names_the_rows_its_warpgroups_hold():
+    """arch_specs.json's block_q is documentation; the kernel's rows are 64 per warpgroup."""
+    raw = json.loads(archs._specs_text())
+    tiles = [t for tile_set in raw["wgmma_tile_sets"].values() for per_hdim in tile_set.values() for t in per_hdim]
+    assert tiles and all(t["block_q"] == block_q(t) == 64 * t["warpgroups"] for t in tiles)
