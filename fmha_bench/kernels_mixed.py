@@ -21,6 +21,7 @@ dispatch.DECODE_ROWS, the rule by which the dispatcher gives decode points its s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 from dataclasses import dataclass
 from typing import Union
@@ -62,7 +63,8 @@ def mixed_candidates(problem: Problem, arch: str) -> Union[list, str]:
     if max(problem.seqlens_q()) * problem.group_size > kernels.INT32_MAX:
         return "query rows per KV head exceed the plan's 32-bit row index"
     found, reasons = [], []
-    for family, prefix in ((kernels_wgmma.wgmma_candidates, "wgmma-"), (kernels_mma.mma_candidates, "mma-")):
+    wgmma_persistent = functools.partial(kernels_wgmma.wgmma_candidates, persistent=True)
+    for family, prefix in ((wgmma_persistent, "wgmma-"), (kernels_mma.mma_candidates, "mma-")):
         tiles = family(problem, arch)
         if isinstance(tiles, str):
             reasons.append(f"persistent kernel: {tiles}")

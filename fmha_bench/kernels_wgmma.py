@@ -22,6 +22,7 @@ WGMMA_DTYPES = ("fp16", "bf16", "fp8_e4m3fn")   # e4m3fnuz is AMD's
 TILE_DTYPES = ("fp16", "bf16")                   # a tile without a `dtypes` list
 ROWS_PER_WARPGROUP, THREADS_PER_WARPGROUP = 64, 128
 ALIGN_SLACK = 1024   # the kernel aligns its tiles to the 1024-byte swizzle atom
+PIPELINE_BYTES = 128   # kPipelineBytes: a warp-specialised tile's mbarriers
 
 
 def _line_bytes(values: int, itemsize: int) -> int:
@@ -34,16 +35,18 @@ def block_q(tile: dict) -> int:
 
 
 def threads(tile: dict) -> int:
-    return THREADS_PER_WARPGROUP * tile.get("warpgroups", 2)
+    """Consumer warpgroups, plus the producer warpgroup of a warp-specialised tile."""
+    return THREADS_PER_WARPGROUP * (tile.get("warpgroups", 2) + (1 if tile.get("warp_specialized") else 0))
 
 
 def shared_bytes(hdim_q: int, hdim_v: int, tile: dict, dtype: str = "fp16") -> int:
     """Dynamic shared memory (kSmemBytes in the kernel) plus the alignment slack: the Q tile and
-    two stages of K and V tiles, rows in whole 128-byte lines; fp8 adds V^T (both stages)."""
+    two stages of K and V tiles, rows in whole 128-byte lines; fp8 adds V^T (both stages); a
+    warp-specialised tile adds its pipeline barriers (128 bytes)."""
     itemsize, block_k = (1 if dtype.startswith("fp8") else 2), tile["block_k"]
     q_k = (block_q(tile) + 2 * block_k) * _line_bytes(hdim_q, itemsize)
     v = 2 * block_k * _line_bytes(hdim_v, itemsize) + (hdim_v * 2 * block_k if itemsize == 1 else 0)
-    return q_k + v + ALIGN_SLACK
+    return q_k + v + (PIPELINE_BYTES if tile.get("warp_specialized") else 0) + ALIGN_SLACK
 
 
 def static_shared_bytes(tile: dict, paged: bool) -> int:
@@ -54,7 +57,8 @@ def static_shared_bytes(tile: dict, paged: bool) -> int:
 
 def tile_tag(tile: dict) -> str:
     blocks = tile.get("blocks_per_sm", 1)
-    return f"wgmma-q{block_q(tile)}k{tile['block_k']}" + (f"b{blocks}" if blocks > 1 else "")
+    return (f"wgmma-q{block_q(tile)}k{tile['block_k']}" + (f"b{blocks}" if blocks > 1 else "")
+            + ("ws" if tile.get("warp_specialized") else ""))
 
 
 def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, soft_cap: bool, split_kv: bool,
@@ -67,19 +71,22 @@ def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, soft_
                ("FMHA_SOFT_CAP", "1" if soft_cap else "0"),
                ("FMHA_BLOCKS_PER_SM", str(tile.get("blocks_per_sm", 1))),
                ("FMHA_WARPGROUPS", str(tile.get("warpgroups", 2))), ("FMHA_SPLIT_KV", "1" if split_kv else "0"))
+    if tile.get("warp_specialized"):
+        defines += (("FMHA_WARP_SPECIALIZED", "1"),)
     return KernelSpec(source=WGMMA_SOURCE, entry=WGMMA_ENTRY, defines=defines, arch=arch, label=label)
 
 
-def wgmma_candidates(problem: Problem, arch: str) -> Union[list, str]:
+def wgmma_candidates(problem: Problem, arch: str, persistent: bool = False) -> Union[list, str]:
     """[(tag, KernelSpec)] in the dispatcher's order for an already valid fwd problem (any split
     count: splits write fp32 partials for the combine kernel), or the reason the wgmma kernel
-    cannot run it."""
+    cannot run it. `persistent`: the tiles family mixed may build with FMHA_PERSISTENT (not the
+    warp-specialised ones: their producer runs one item)."""
     spec = archs.get_arch(arch)
     refusal = tensor_core_refusal(problem, spec, "wgmma", "wgmma", WGMMA_DTYPES)
     if refusal:
         return refusal
     tiles = [t for t in archs.kernel_tile_candidates(arch, "wgmma", problem.hdim_q, problem.hdim_v)
-             if problem.dtype in t.get("dtypes", TILE_DTYPES)]
+             if problem.dtype in t.get("dtypes", TILE_DTYPES) and not (persistent and t.get("warp_specialized"))]
     if not tiles:
         return f"hdim {problem.hdim_q}/{problem.hdim_v} has no {problem.dtype} wgmma tile"
     limit = spec.get("shared_bytes_optin", spec["shared_bytes_per_block"])
@@ -101,7 +108,8 @@ def spec_tile(spec: KernelSpec) -> dict:
     warpgroups = int(defines.get("FMHA_WARPGROUPS", 2))
     return {"block_q": ROWS_PER_WARPGROUP * warpgroups, "block_k": int(defines["FMHA_BLOCK_K"]),
             "warpgroups": warpgroups,
-            "blocks_per_sm": int(defines.get("FMHA_BLOCKS_PER_SM", 1))}
+            "blocks_per_sm": int(defines.get("FMHA_BLOCKS_PER_SM", 1)),
+            "warp_specialized": defines.get("FMHA_WARP_SPECIALIZED") == "1"}
 
 
 def wgmma_launch_config(spec: KernelSpec, problem: Problem, num_splits: int = 1) -> tuple[tuple, tuple, int]:

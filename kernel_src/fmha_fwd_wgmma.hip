@@ -7,11 +7,18 @@
    Compile-time specialisation (-D): FMHA_DTYPE fp16 | bf16 | fp8_e4m3fn, FMHA_HDIM_Q, FMHA_HDIM_V
    (multiples of 64, <= 256), FMHA_KV_SOURCE dense | paged, FMHA_BLOCK_K (64 or 128), FMHA_SOFT_CAP
    0 | 1, FMHA_BLOCKS_PER_SM (1 or 2), optional FMHA_PERSISTENT 0 | 1, FMHA_SPLIT_KV 0 | 1 (grid
-   instances that honour num_splits) and FMHA_WARPGROUPS 1 | 2
-   (default 2; BLOCK_Q = 64 rows per warpgroup). The one-warpgroup tiles are decode's: with a few
-   query rows per KV head a second warpgroup only doubles the idle tensor-core work of each step,
-   and two such blocks per SM (BLOCK_K 64) hide each other's step latency. Also builds for the
-   CPU emulation (-DFMHA_CPU_EMULATION, tests/test_wgmma_emulated.py, tests/test_mixed_emulated.py).
+   instances that honour num_splits), FMHA_WARPGROUPS 1 | 2 (default 2; BLOCK_Q = 64 rows per
+   computing warpgroup) and FMHA_WARP_SPECIALIZED 0 | 1. The one-warpgroup tiles are decode's: with
+   a few query rows per KV head a second warpgroup only doubles the idle tensor-core work of each
+   step, and two such blocks per SM (BLOCK_K 64) hide each other's step latency. Also builds for
+   the CPU emulation (-DFMHA_CPU_EMULATION, tests/test_wgmma_emulated.py, tests/test_mixed_emulated.py).
+
+   Warp-specialised instances (16-bit grid instances): a third warpgroup, the producer, does every
+   copy (Q once, then K_t and V_t into stage t % 2 as soon as the consumers released the stage's
+   previous tile; paged rows through its own row table) and gives its registers to the two
+   consumer warpgroups (setmaxnreg), which only wait on mbarriers (fmha_async_barrier.h): no
+   block barrier in the main loop, so the two consumers drift apart and one's softmax overlaps the
+   other's GEMMs (H100, fp16 hdim 128 8k: 449 -> 615 TFLOPS; NOTES.md, session 8).
 
    A block's attention is a work item (fmha_work_plan.h), as in fmha_fwd_mma.hip: entry
    fmha_fwd_wgmma(FmhaParams) runs the grid above (one item per block, every key, final output;
@@ -61,6 +68,7 @@
 #include "fmha_mma_sync.h"
 #include "fmha_tc_common.h"
 #include "fmha_work_plan.h"
+#include "fmha_async_barrier.h"
 #if defined(FMHA_CUDA)
 #include "fmha_wgmma.h"
 #elif defined(FMHA_CPU_EMULATION)
@@ -115,7 +123,17 @@ constexpr int kDq = FMHA_HDIM_Q, kDv = FMHA_HDIM_V, kBK = FMHA_BLOCK_K;
 #ifndef FMHA_WARPGROUPS
 #define FMHA_WARPGROUPS 2
 #endif
-constexpr int kWarpgroups = FMHA_WARPGROUPS, kBQ = 64 * kWarpgroups, kThreads = 128 * kWarpgroups;
+#ifndef FMHA_WARP_SPECIALIZED
+#define FMHA_WARP_SPECIALIZED 0
+#endif
+constexpr int kWarpgroups = FMHA_WARPGROUPS, kBQ = 64 * kWarpgroups;
+/* Warp-specialised instances (FMHA_WARP_SPECIALIZED 1): warpgroup 0 only copies (Q, K and V), the
+   kWarpgroups after it only compute; the others' threads all do both. Threads 0 .. kLoaderThreads - 1
+   copy; the consumer threads are the last kConsumerThreads. */
+constexpr bool kWarpSpecialized = FMHA_WARP_SPECIALIZED != 0;
+constexpr int kConsumerThreads = 128 * kWarpgroups, kProducerThreads = kWarpSpecialized ? 128 : 0;
+constexpr int kThreads = kConsumerThreads + kProducerThreads;
+constexpr int kLoaderThreads = kWarpSpecialized ? kProducerThreads : kThreads;
 constexpr int kChunkValues = 16 / (int)sizeof(InT);   /* values per 16-byte chunk */
 constexpr int kStepValues = 32 / (int)sizeof(InT);    /* values per k-step (32 bytes: k16, or k32 for fp8) */
 constexpr int kKS = kDq / kStepValues;   /* k-steps of Q K^T */
@@ -135,7 +153,30 @@ constexpr int line_bytes = (Values * (int)sizeof(InT) + 127) / 128 * 128;
 constexpr int kQBytes = kBQ * line_bytes<kDq>, kKBytes = kBK * line_bytes<kDq>;
 constexpr int kVBytes = kBK * line_bytes<kDv>;      /* a V stage as loaded: the operand (16-bit), staging (fp8) */
 constexpr int kVtBytes = kFp8 ? kDv * 2 * kBK : 0;  /* fp8: V^T, both stages: [Dv][2 BK] K-major */
-constexpr int kSmemBytes = kQBytes + 2 * kKBytes + 2 * kVBytes + kVtBytes;
+constexpr int kTileBytes = kQBytes + 2 * kKBytes + 2 * kVBytes + kVtBytes;
+
+/* Warp-specialised instances: the producer's copies of Q and of each K/V stage complete `full`
+   phases (one arrival per producer thread, made when its copies have landed); the consumers'
+   release of a stage completes an `empty` phase (one arrival per consumer warp, after its wgmma
+   reading the stage retired). Tile t uses stage t % 2 for the (t / 2)-th time: phase t / 2. */
+struct Pipeline {
+    MBarrier q, full_k[2], full_v[2], empty_k[2], empty_v[2];
+};
+constexpr int kPipelineBytes = kWarpSpecialized ? 128 : 0;   /* after the tiles */
+constexpr int kSmemBytes = kTileBytes + kPipelineBytes;
+static_assert(sizeof(Pipeline) <= 128, "pipeline barriers: 128 bytes after the tiles");
+static_assert(!kWarpSpecialized || (!kFp8 && !kPersistent),
+              "warp specialisation: 16-bit grid instances (fp8's V transpose and persistent items still need every thread)");
+/* setmaxnreg: the producer gives registers to the consumers; the block's pool is what it was
+   launched with (its threads x the launch bounds' per-thread limit, in units of 8). */
+#ifndef FMHA_BLOCKS_PER_SM
+#define FMHA_BLOCKS_PER_SM 1
+#endif
+constexpr int kProducerRegisters = 64;
+constexpr int kLaunchRegisters = (65536 / (kThreads * FMHA_BLOCKS_PER_SM) < 255 ? 65536 / (kThreads * FMHA_BLOCKS_PER_SM) : 255) / 8 * 8;
+constexpr int kConsumerRegisters0 = (kLaunchRegisters * kThreads - kProducerRegisters * kProducerThreads) / kConsumerThreads / 8 * 8;
+constexpr int kConsumerRegisters = kConsumerRegisters0 < 240 ? kConsumerRegisters0 : 240;
+constexpr int kLoaderBarrier = 1;   /* named barrier 1: the producer's row-table slots */
 static_assert(kSmemBytes + 1024 <= 227 * 1024, "with the 1 KB alignment slack, within a Hopper block's opt-in 227 KB");
 
 /* cp.async a [Rows][D] tile into its swizzled layout; rows(r, offset) says whether row r is
@@ -144,7 +185,7 @@ template <int Rows, int D, class RowsOf>
 FMHA_DEVICE void load_tile_async(unsigned char* tile, const InT* base, const RowsOf& rows)
 {
     constexpr int kChunks = D / kChunkValues;
-    for (int c = threadIdx.x; c < Rows * kChunks; c += kThreads) {
+    for (int c = threadIdx.x; c < Rows * kChunks; c += kLoaderThreads) {
         const int r = c / kChunks, chunk = c % kChunks;
         i64 offset;
         const bool present = rows(r, offset);
@@ -162,9 +203,9 @@ FMHA_DEVICE void load_tile_async(unsigned char* tile, const InT* base, const Row
    same swizzle. */
 template <int D>
 struct SwizzledRows {
-    static constexpr int kChunks = D / kChunkValues, kStep = kThreads / kChunks, kCopies = kBK / kStep;
+    static constexpr int kChunks = D / kChunkValues, kStep = kLoaderThreads / kChunks, kCopies = kBK / kStep;
     static constexpr int kSmemStep = kStep * 128;
-    static_assert(kThreads % kChunks == 0 && kStep % 8 == 0 && kBK % kStep == 0, "copier: tile shape");
+    static_assert(kLoaderThreads % kChunks == 0 && kStep % 8 == 0 && kBK % kStep == 0, "copier: tile shape");
     int r0, chunk, smem_offset;
     FMHA_DEVICE SwizzledRows() : r0(threadIdx.x / kChunks), chunk(threadIdx.x % kChunks)
     {
@@ -182,9 +223,9 @@ FMHA_DEVICE int staging_swizzle(int row) { return (row / 16 * (8 / kKeyGroups)) 
 
 template <int D>
 struct StagingRows {
-    static constexpr int kChunks = D / kChunkValues, kCopies = kBK * kChunks / kThreads, kStep = 16 / kCopies;
+    static constexpr int kChunks = D / kChunkValues, kCopies = kBK * kChunks / kLoaderThreads, kStep = 16 / kCopies;
     static constexpr int kSmemStep = kStep * line_bytes<D>, kGroupThreads = 16 * kChunks / kCopies;
-    static_assert(kBK * kChunks % kThreads == 0 && 16 % kCopies == 0, "staging copier: tile shape");
+    static_assert(kBK * kChunks % kLoaderThreads == 0 && 16 % kCopies == 0, "staging copier: tile shape");
     int r0, chunk, smem_offset;
     FMHA_DEVICE StagingRows()
     {
@@ -236,7 +277,7 @@ struct DenseTileCopier : Rows {
    page-table load waits behind the K/V traffic of a saturated memory system, and waiting for it
    in the step that issued it stalled every step (paged decode 2.6 -> 3.6 TB/s, H200). */
 struct PagedRowTable {
-    static constexpr int kSlots = 3, kRowsPerThread = (kBK + kThreads - 1) / kThreads;
+    static constexpr int kSlots = 3, kRowsPerThread = (kBK + kLoaderThreads - 1) / kLoaderThreads;
     i64 k[kSlots][kBK], v[kSlots][kBK];
 
     struct Fetched { int page[kRowsPerThread], slot[kRowsPerThread]; };   /* this thread's rows of a tile */
@@ -245,7 +286,7 @@ struct PagedRowTable {
     {
 #pragma unroll
         for (int i = 0; i < kRowsPerThread; ++i) {
-            const int r = threadIdx.x + i * kThreads;
+            const int r = threadIdx.x + i * kLoaderThreads;
             rows.page[i] = -1;
             if (r < kBK) locate_key<true>(p, kv, j0 + r, rows.page[i], rows.slot[i]);
         }
@@ -255,7 +296,7 @@ struct PagedRowTable {
     {
 #pragma unroll
         for (int i = 0; i < kRowsPerThread; ++i) {
-            const int r = threadIdx.x + i * kThreads, page = rows.page[i], slot = rows.slot[i];
+            const int r = threadIdx.x + i * kLoaderThreads, page = rows.page[i], slot = rows.slot[i];
             if (r >= kBK) continue;
             k[t % kSlots][r] = page >= 0 ? page * p.k_page_stride + slot * p.k_row_stride : -1;
             v[t % kSlots][r] = page >= 0 ? page * p.v_page_stride + slot * p.v_row_stride : -1;
@@ -272,15 +313,29 @@ struct PagedTileCopier : Rows {
 
     FMHA_DEVICE explicit PagedTileCopier(const InT* base) : src(base + this->chunk * kChunkValues) {}
 
-    FMHA_DEVICE void load(unsigned char* tile, int /* j0: resolved into offsets */, const i64* offsets) const
+    /* This thread's rows of a tile, read from its row-table slot: the warp-specialised producer
+       reads them before it waits for the stage, so the copies issue back to back once it is free. */
+    struct Offsets { i64 row[kCopies]; };
+
+    FMHA_DEVICE Offsets read(const i64* offsets) const
+    {
+        Offsets o;
+#pragma unroll
+        for (int i = 0; i < kCopies; ++i) o.row[i] = offsets[this->r0 + i * kStep];
+        return o;
+    }
+
+    FMHA_DEVICE void issue(unsigned char* tile, const Offsets& o) const
     {
         unsigned char* const dst = tile + this->smem_offset;
 #pragma unroll
-        for (int i = 0; i < kCopies; ++i) {
-            /* an absent row (-1) is not read (zero fill), so its address needs no select */
-            const i64 offset = offsets[this->r0 + i * kStep];
-            copy16_async(dst + i * kSmemStep, src + offset, offset >= 0);
-        }
+        for (int i = 0; i < kCopies; ++i)   /* an absent row (-1) is not read (zero fill): no address select */
+            copy16_async(dst + i * kSmemStep, src + o.row[i], o.row[i] >= 0);
+    }
+
+    FMHA_DEVICE void load(unsigned char* tile, int /* j0: resolved into offsets */, const i64* offsets) const
+    {
+        issue(tile, read(offsets));
     }
 };
 
@@ -322,7 +377,7 @@ FMHA_DEVICE Copier make_copier(const InT* base, i64 row_stride, const KvSequence
    [Dv][2 BLOCK_K] tile: 16-key group c of stage s is its chunk column s G + c. */
 struct VTransposer {
     static constexpr int kGroups = kKeyGroups, kPerWarp = 8 / kGroups, kDimChunks = kDv / 16;
-    static constexpr int kPassChunks = kThreads / 32 * kPerWarp;   /* chunks of 16 dims per pass */
+    static constexpr int kPassChunks = kConsumerThreads / 32 * kPerWarp;   /* chunks of 16 dims per pass */
     static constexpr int kPasses = (kDimChunks + kPassChunks - 1) / kPassChunks;
     static constexpr int kPassDims = 16 * kPassChunks;
     int first_dim, h, group_swizzle, load_offset;   /* load_offset: the group's first row, 4 sub */
@@ -403,7 +458,7 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
     unsigned char* const sv = sk + 2 * kKBytes; /* stage s at sv + s * kVBytes (fp8: the staging tiles) */
     unsigned char* const svt = sv + 2 * kVBytes;   /* fp8: V^T */
 
-    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wg_index = warp / 4;
+    const int tid = threadIdx.x - kProducerThreads, lane = tid % 32, warp = tid / 32, wg_index = warp / 4;
     const int b = item.seq, hk = item.kv_head;
     const int group = p.nhead_q / p.nhead_k;
     const int m0 = item.row_begin, rows = item.row_end;
@@ -440,6 +495,65 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
     const VTransposer transposer;
     auto transpose_v = [&](int t) {
         if constexpr (kFp8) transposer.run(sv + (t & 1) * kVBytes, svt, t & 1);
+    };
+
+    /* Warp-specialised: the producer warpgroup copies Q, then K_t and V_t into stage t % 2 as soon
+       as the consumers released the stage's previous tile, and leaves (paged: once all its threads
+       issued tile t's copies, tile t's row-table slot takes tile t + 3's rows). */
+    Pipeline& pipe = *(Pipeline*)(smem + kTileBytes);
+    if constexpr (kWarpSpecialized) {
+        if ((int)threadIdx.x < kProducerThreads) {
+            lower_registers<kProducerRegisters>();
+            if constexpr (kPaged) {
+                for (int t = 0; t < PagedRowTable::kSlots; ++t) {
+                    fetch_rows(t);
+                    store_rows(t);
+                }
+                named_barrier_sync(kLoaderBarrier, kProducerThreads);
+                fetch_rows(PagedRowTable::kSlots);
+            }
+            load_tile_async<kBQ, kDq>(sq, (const InT*)p.q, QueryRows{p, b, hk, group, q_first, rows, m0});
+            mbarrier_arrive_after_copies(&pipe.q);
+            /* tile t into stage t % 2 once its (t / 2 - 1)-th tile was released */
+            auto produce = [&](const auto& copier, const i64* offsets, unsigned char* stage_tile, int t,
+                               MBarrier& empty, MBarrier& full) {
+                const int use = t >> 1;
+                if constexpr (kPaged) {
+                    const auto rows = copier.read(offsets);
+                    if (use > 0) mbarrier_wait(&empty, (use - 1) & 1);
+                    copier.issue(stage_tile, rows);
+                } else {
+                    if (use > 0) mbarrier_wait(&empty, (use - 1) & 1);
+                    copier.load(stage_tile, tiles.first_key(t), offsets);
+                }
+                mbarrier_arrive_after_copies(&full);
+            };
+            for (int t = 0; t < tiles.count; ++t) {
+                const int stage = t & 1;
+                produce(k_copier, k_offsets(row_table, t), sk + stage * kKBytes, t, pipe.empty_k[stage], pipe.full_k[stage]);
+                produce(v_copier, v_offsets(row_table, t), sv + stage * kVBytes, t, pipe.empty_v[stage], pipe.full_v[stage]);
+                if constexpr (kPaged) {
+                    named_barrier_sync(kLoaderBarrier, kProducerThreads);
+                    store_rows(t + 3);
+                    fetch_rows(t + 4);
+                }
+            }
+            commit_copies();
+            wait_copies<0>();   /* no copy outlives its thread */
+            return;
+        }
+        raise_registers<kConsumerRegisters>();
+    }
+    /* Consumers (warp-specialised): a stage's copies are visible to wgmma once its `full` phase
+       completed and this thread fenced the async proxy; a warp releases a stage once its wgmma
+       reading it retired. (FA3's ping-pong, the two warpgroups taking turns to issue their GEMMs
+       through named barriers, was measured slower here: NOTES.md, session 8.) */
+    auto landed = [&](MBarrier& full, int t) {
+        mbarrier_wait(&full, (t >> 1) & 1);
+        wg::fence_async_shared();
+    };
+    auto release = [&](MBarrier& empty) {
+        if (lane == 0) mbarrier_arrive(&empty);
     };
 
     /* This thread's rows: warp w of warpgroup wg holds rows 64 wg + 16 (w % 4) + g + 8 h. */
@@ -557,33 +671,41 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
 
     /* Prologue: the rows of tiles 0..2 resolved (tile 3's page ids fetched); Q and K_0, then V_0
        and K_1 (fp8: then V_1) in flight; S_0 and its softmax (fp8: V_0 transposed meanwhile). */
-    if constexpr (kPaged) {
-        for (int t = 0; t < PagedRowTable::kSlots; ++t) {
-            fetch_rows(t);
-            store_rows(t);
+    if constexpr (!kWarpSpecialized) {
+        if constexpr (kPaged) {
+            for (int t = 0; t < PagedRowTable::kSlots; ++t) {
+                fetch_rows(t);
+                store_rows(t);
+            }
+            fmha_barrier();
+            fetch_rows(PagedRowTable::kSlots);
         }
-        fmha_barrier();
-        fetch_rows(PagedRowTable::kSlots);
-    }
-    load_tile_async<kBQ, kDq>(sq, (const InT*)p.q, QueryRows{p, b, hk, group, q_first, rows, m0});
-    load_k(0);
-    commit_copies();
-    load_v(0);
-    load_k(1);
-    commit_copies();
-    if constexpr (kFp8) {   /* V one tile further ahead: it is transposed a step before P V reads it */
-        load_v(1);
+        load_tile_async<kBQ, kDq>(sq, (const InT*)p.q, QueryRows{p, b, hk, group, q_first, rows, m0});
+        load_k(0);
         commit_copies();
+        load_v(0);
+        load_k(1);
+        commit_copies();
+        if constexpr (kFp8) {   /* V one tile further ahead: it is transposed a step before P V reads it */
+            load_v(1);
+            commit_copies();
+        }
     }
     float s[kBK / 2], alpha[2];
     if (tiles.count > 0) {
-        wait_copies<1>();
-        wg::fence_async_shared();
-        fmha_barrier();
+        if constexpr (kWarpSpecialized) {
+            landed(pipe.q, 0);
+            landed(pipe.full_k[0], 0);
+        } else {
+            wait_copies<1>();
+            wg::fence_async_shared();
+            fmha_barrier();
+        }
         issue_qk(s, 0);
         transpose_v(0);
         wg::wgmma_wait<0>();
         wg::touch_registers(s);
+        if constexpr (kWarpSpecialized) release(pipe.empty_k[0]);
         softmax(s, 0, alpha);
         pack_p(s);
     }
@@ -616,29 +738,40 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
        only) is peeled off: issuing S under a condition makes ptxas serialise every wgmma. */
     const int last = tiles.count - 1;
     for (int t = 0; t < last; ++t) {
-        copies_landed();   /* K_{t+1} and V_t (fp8: V_{t+1}, and V_t^T); the rows of tile t + 2 resolved */
-        load_k(t + 2);
-        load_v(kFp8 ? t + 2 : t + 1);
-        commit_copies();
-        store_rows(t + 3);   /* into tile t's slot: its last copy was issued before this barrier */
-        fetch_rows(t + 4);
+        if constexpr (kWarpSpecialized) {
+            landed(pipe.full_k[(t + 1) & 1], t + 1);
+            landed(pipe.full_v[t & 1], t);
+        } else {
+            copies_landed();   /* K_{t+1} and V_t (fp8: V_{t+1}, and V_t^T); the rows of tile t + 2 resolved */
+            load_k(t + 2);
+            load_v(kFp8 ? t + 2 : t + 1);
+            commit_copies();
+            store_rows(t + 3);   /* into tile t's slot: its last copy was issued before this barrier */
+            fetch_rows(t + 4);
+        }
         issue_qk(s, t + 1);
         issue_pv(t);
         transpose_v(t + 1);
         wg::wgmma_wait<1>();
         wg::touch_registers(s);
+        if constexpr (kWarpSpecialized) release(pipe.empty_k[(t + 1) & 1]);
         softmax(s, t + 1, alpha);
         wg::wgmma_wait<0>();
         wg::touch_registers(acc);
+        if constexpr (kWarpSpecialized) release(pipe.empty_v[t & 1]);
         pack_p(s);
     }
     if (last >= 0) {
-        copies_landed();
+        if constexpr (kWarpSpecialized) {
+            landed(pipe.full_v[last & 1], last);
+        } else {
+            copies_landed();
+        }
         issue_pv(last);
         wg::wgmma_wait<0>();
         wg::touch_registers(acc);
     }
-    wait_copies<0>();   /* no tile at all: the Q copy group is still retired before exit */
+    if constexpr (!kWarpSpecialized) wait_copies<0>();   /* no tile at all: the Q copy group is still retired before exit */
 
     /* Sink (not in a partial: the merge adds it once), normalisation, LSE, O; sums are at P's
        scale 2^kPScaleLog2. */
@@ -720,6 +853,19 @@ static FMHA_DEVICE void grid_block(const FmhaParams& p, unsigned char* smem)
         item.key_end = imin(item.key_begin + width, keys);
         item.slot = split;
     }
+    if constexpr (kWarpSpecialized) {
+        Pipeline& pipe = *(Pipeline*)(smem + kTileBytes);
+        if (threadIdx.x == 0) {
+            mbarrier_init(&pipe.q, kProducerThreads);
+            for (int stage = 0; stage < 2; ++stage) {
+                mbarrier_init(&pipe.full_k[stage], kProducerThreads);
+                mbarrier_init(&pipe.full_v[stage], kProducerThreads);
+                mbarrier_init(&pipe.empty_k[stage], kConsumerThreads / 32);
+                mbarrier_init(&pipe.empty_v[stage], kConsumerThreads / 32);
+            }
+        }
+        fmha_barrier();
+    }
     with_row_table<kPaged>([&](auto& row_table) {
         attention<FMHA_SOFT_CAP != 0>(p, item, q_first, seqlen_q, PartialSlots{nullptr, nullptr}, smem, row_table);
     });
@@ -746,9 +892,6 @@ static FMHA_DEVICE void persistent_block(const FmhaMixedArgs& a, unsigned char* 
 
 /* FMHA_BLOCKS_PER_SM 2 caps registers at 128 per thread so two blocks share an SM: at hdim 64 a
    step's softmax is a short dependent chain that one block's two warps per scheduler cannot hide. */
-#ifndef FMHA_BLOCKS_PER_SM
-#define FMHA_BLOCKS_PER_SM 1
-#endif
 #if FMHA_PERSISTENT
 #define FMHA_WGMMA_ENTRY fmha_fwd_wgmma_persistent(FmhaMixedArgs args)
 #define FMHA_WGMMA_BLOCK(smem) fmha::persistent_block(args, smem)

@@ -11,9 +11,9 @@
 
    Under FMHA_CPU_EMULATION (tests without a GPU, see fmha_cpu_emulation.h) the same functions are
    emulated: a warp collective (ldmatrix, mma, sync_warp) publishes the lane's operands, meets the
-   other threads at a block barrier, computes the lane's own result from its warp's operands and
-   meets them again before the slots are reused. So every thread of a block must run the same
-   sequence of collectives, which holds for kernels whose warps differ only in the data they touch.
+   other lanes of its warp at a warp barrier, computes the lane's own result from its warp's
+   operands and meets them again before the slots are reused. So every lane of a warp must run the
+   same sequence of collectives, as on the GPU; other warps may be elsewhere meanwhile.
    The fragment layouts are those of the PTX ISA (mma.m16n8k16 with .f16/.bf16 operands):
    lane l = 4 g + q holds A[g][2q..2q+1], A[g+8][2q..], A[g][2q+8..], A[g+8][2q+8..] (4 registers),
    B[2q..2q+1][g], B[2q+8..2q+9][g] (2) and C[g][2q..2q+1], C[g+8][2q..2q+1] (4 floats).
@@ -120,7 +120,7 @@ inline void ldmatrix(unsigned* r, const void* p, bool trans)
 {
     Slot* s = slots();
     s[threadIdx.x].row = (const unsigned char*)p;
-    fmha_barrier();
+    fmha_emu::group_barrier(32, "ldmatrix");
     const unsigned base = warp_base(), l = lane();
     for (unsigned i = 0; i < 4; ++i) {
         if (!trans) {
@@ -132,7 +132,7 @@ inline void ldmatrix(unsigned* r, const void* p, bool trans)
             r[i] = lo | (unsigned)hi << 16;
         }
     }
-    fmha_barrier();
+    fmha_emu::group_barrier(32, "ldmatrix");
 }
 
 template <float (*Decode)(unsigned short)>
@@ -141,7 +141,7 @@ inline void mma_m16n8k16(float* c, const unsigned* a, const unsigned* b)
     Slot* s = slots();
     std::memcpy(s[threadIdx.x].a, a, sizeof s[0].a);
     std::memcpy(s[threadIdx.x].b, b, sizeof s[0].b);
-    fmha_barrier();
+    fmha_emu::group_barrier(32, "mma.sync");
     const unsigned base = warp_base(), g = lane() / 4, q = lane() % 4;
     for (unsigned e = 0; e < 4; ++e) {
         const unsigned row = g + 8 * (e / 2), col = 2 * q + e % 2;
@@ -153,7 +153,7 @@ inline void mma_m16n8k16(float* c, const unsigned* a, const unsigned* b)
         }
         c[e] = acc;
     }
-    fmha_barrier();
+    fmha_emu::group_barrier(32, "mma.sync");
 }
 
 }  // namespace mma_emu
@@ -171,7 +171,7 @@ inline void wait_copies() {}
 inline float exp2_approx(float x) { return std::exp2(x); }
 inline void ldmatrix_x4(unsigned* r, const void* p) { mma_emu::ldmatrix(r, p, false); }
 inline void ldmatrix_x4_trans(unsigned* r, const void* p) { mma_emu::ldmatrix(r, p, true); }
-inline void sync_warp() { fmha_barrier(); }
+inline void sync_warp() { fmha_emu::group_barrier(32, "sync_warp"); }
 
 struct mma_fp16 {
     static void mma(float* c, const unsigned* a, const unsigned* b)

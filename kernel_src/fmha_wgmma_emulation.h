@@ -19,8 +19,10 @@
    - A from registers: warp w of the warpgroup holds rows 16 w .. 16 w + 15 in mma.m16n8k16's A
      layout (lane 4 g + q: A[g][2q..], A[g+8][2q..], A[g][2q+8..], A[g+8][2q+8..]);
    - D: warp w, lane 4 g + q, element i: row 16 w + g + 8 ((i / 2) % 2), column 8 (i / 4) + 2 q + i % 2.
-   rs() exchanges A fragments between the warpgroup's threads at block barriers (as the emulated
-   mma.sync does), so every thread of the block must issue the same sequence of rs() calls. */
+   rs() exchanges A fragments among the 128 threads of the caller's warpgroup (threadIdx.x / 128)
+   at warpgroup barriers, so every thread of a warpgroup must issue the same sequence of rs()
+   calls, as on the GPU (wgmma is .sync.aligned over the warpgroup); other warpgroups are not
+   involved: two may issue wgmma at different times, and a producer warpgroup never calls it. */
 #ifndef FMHA_WGMMA_EMULATION_H
 #define FMHA_WGMMA_EMULATION_H
 
@@ -112,17 +114,17 @@ void accumulate_products(float* d, int accumulate, const A& a, const B& b)
     }
 }
 
-/* An A operand from registers: every thread of the block publishes its 4 words, then
-   a_word(row, word) reads the word of the warpgroup's thread that holds that row (rows 16 w ..
-   of warp w; lane 4 (r % 8) + q; words r >= 8 and the upper k half at + 1 and + 2). Call
-   rs_finish() after the products, so the slots are not overwritten while others read them. */
+/* An A operand from registers: every thread of the warpgroup publishes its 4 words, then
+   word(row, q, upper) reads the word of the warpgroup's thread that holds that row (rows 16 w ..
+   of warp w; lane 4 (r % 8) + q; words r >= 8 and the upper k half at + 1 and + 2). The
+   destructor meets the warpgroup again, so the slots are not overwritten while others read them. */
 struct RegisterA {
     std::vector<unsigned>& slots = a_slots();
     const unsigned group = threadIdx.x & ~127u;
     explicit RegisterA(const unsigned* a)
     {
         std::memcpy(&slots[4 * threadIdx.x], a, 16);
-        fmha_barrier();
+        fmha_emu::group_barrier(128, "wgmma register operand");
     }
     /* q: the lane's k quarter (k16: (k % 8) / 2; k32: (k % 16) / 4); upper: k in the upper half */
     unsigned word(int row, int q, bool upper) const
@@ -130,7 +132,7 @@ struct RegisterA {
         const int r = row % 16;
         return slots[4 * (group + 32 * (row / 16) + 4 * (r % 8) + q) + (r >= 8) + 2 * upper];
     }
-    ~RegisterA() { fmha_barrier(); }
+    ~RegisterA() noexcept(false) { fmha_emu::group_barrier(128, "wgmma register operand"); }   /* may report a divergence */
 };
 
 template <class Type, int N>
@@ -145,8 +147,8 @@ struct WgmmaOps {
     /* D (+)= A B, A in registers, B N-major in shared memory. */
     static void rs(float* d, const unsigned* a, unsigned long long b, int accumulate)
     {
+        const Descriptor db(b);   /* before the exchange: its error must not unwind through ~RegisterA */
         const RegisterA ra(a);
-        const Descriptor db(b);
         accumulate_products<N, 16>(
             d, accumulate,
             [&](int row, int k) {
@@ -194,8 +196,8 @@ struct WgmmaOps<wg_e4m3, N> {
     /* D (+)= A B, A in registers, B K-major in shared memory. */
     static void rs(float* d, const unsigned* a, unsigned long long b, int accumulate)
     {
+        const Descriptor db(b);   /* before the exchange: its error must not unwind through ~RegisterA */
         const RegisterA ra(a);
-        const Descriptor db(b);
         accumulate_products<N, 32>(
             d, accumulate,
             [&](int row, int k) {

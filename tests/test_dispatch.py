@@ -13,8 +13,9 @@ from fmha_bench.problem import Problem
 def test_hopper_fp16_prefill_prefers_wgmma_then_mma_sync_then_the_portable_kernel():
     found = candidates(Problem(hdim_q=128), "sm_90a")
     tags = [tag for tag, _ in found]
-    assert tags[:3] == ["wgmma-q128k128", "wgmma-q64k64b2", "mma-q128k64w8"] and tags[-1].startswith("portable-")
-    assert [spec.source for _, spec in found[:-1]] == [WGMMA_SOURCE] * 2 + [MMA_SOURCE] * (len(found) - 3)
+    assert tags[:4] == ["wgmma-q128k128ws", "wgmma-q128k128", "wgmma-q64k64b2", "mma-q128k64w8"]
+    assert tags[-1].startswith("portable-")
+    assert [spec.source for _, spec in found[:-1]] == [WGMMA_SOURCE] * 3 + [MMA_SOURCE] * (len(found) - 4)
 
 
 def test_ampere_has_no_wgmma_candidate():
@@ -30,7 +31,7 @@ def test_amd_points_prefer_the_matrix_core_kernel():
 def test_split_kv_points_have_the_wgmma_kernel_then_only_the_portable_kernel():
     """Of the tensor-core kernels only wgmma writes split partials."""
     hopper = candidates(Problem(family="splitkv", num_splits=4), "sm_90a")
-    assert [tag.split("-")[0] for tag, _ in hopper] == ["wgmma", "wgmma", "portable"]
+    assert [tag.split("-")[0] for tag, _ in hopper] == ["wgmma", "wgmma", "wgmma", "portable"]
     for arch in ("sm_80", "gfx942"):
         found = candidates(Problem(family="splitkv", num_splits=4), arch)
         assert [tag.split("-")[0] for tag, _ in found] == ["portable"], arch
@@ -83,10 +84,14 @@ def test_mma_launch_uses_the_row_tiles_of_the_grouped_heads_and_dynamic_shared_m
 
 def test_wgmma_launch_has_two_warpgroups_and_aligned_shared_memory_within_the_hopper_limit():
     problem = Problem(batch=3, seqlen_q=1000, nhead_q=16, nhead_k=4, hdim_q=128)
-    _, spec = candidates(problem, "sm_90a")[0]
-    grid, block, shared = launch_config(spec, problem)
+    found = dict(candidates(problem, "sm_90a"))
+    grid, block, shared = launch_config(found["wgmma-q128k128"], problem)
     assert grid == (-(-1000 * 4 // 128), 4, 3) and block == (256, 1, 1)
     assert shared == 2 * (128 * 128 + 2 * 128 * 256) + 1024
+    # the warp-specialised tile: a producer warpgroup beside the two consumers, its mbarriers after the tiles
+    ws_grid, ws_block, ws_shared = launch_config(found["wgmma-q128k128ws"], problem)
+    assert ws_grid == grid and ws_block == (384, 1, 1) and ws_shared == shared + 128
+    assert dict(found["wgmma-q128k128ws"].defines)["FMHA_WARP_SPECIALIZED"] == "1"
     for hdim, block_k in ((64, 128), (128, 128), (256, 64)):
         assert wgmma_shared_bytes(hdim, hdim, {"block_k": block_k}) <= 232448
 
@@ -105,14 +110,15 @@ def test_instances_for_adds_the_split_instances_and_one_combine_per_arch():
     kinds = [(s.entry, dict(s.defines).get("FMHA_SPLIT_KV"), s.arch) for s in specs]
     assert kinds == [("fmha_fwd", "1", "gfx942"), ("fmha_combine", None, "gfx942"),
                      ("fmha_fwd_wgmma", "1", "sm_90a"), ("fmha_fwd_wgmma", "1", "sm_90a"),
-                     ("fmha_fwd", "1", "sm_90a"), ("fmha_combine", None, "sm_90a")]
+                     ("fmha_fwd_wgmma", "1", "sm_90a"), ("fmha_fwd", "1", "sm_90a"), ("fmha_combine", None, "sm_90a")]
 
 
 def test_decode_like_points_take_each_family_s_smallest_row_tile_first_wgmma_ahead():
     decode = Problem(batch=64, seqlen_q=1, seqlen_k=8192, nhead_q=32, nhead_k=4, hdim_q=128, mask="b")
     prefill = Problem(batch=4, seqlen_q=2048, seqlen_k=8192, nhead_q=32, nhead_k=4, hdim_q=128, mask="b")
-    assert [tag for tag, _ in candidates(decode, "sm_90a")][:3] == ["wgmma-q64k64b2", "wgmma-q128k128", "mma-q64k64w4"]
-    assert [tag for tag, _ in candidates(prefill, "sm_90a")][:2] == ["wgmma-q128k128", "wgmma-q64k64b2"]
+    assert [tag for tag, _ in candidates(decode, "sm_90a")][:4] == ["wgmma-q64k64b2", "wgmma-q128k128ws", "wgmma-q128k128",
+                                                                    "mma-q64k64w4"]
+    assert [tag for tag, _ in candidates(prefill, "sm_90a")][:3] == ["wgmma-q128k128ws", "wgmma-q128k128", "wgmma-q64k64b2"]
     assert candidates(decode, "sm_80")[0][0] == "mma-q64k64w4"
     fp8 = Problem(family="paged", page_size=16, batch=64, seqlen_q=1, seqlen_k=8192, nhead_q=32, nhead_k=8,
                   hdim_q=64, mask="b", dtype="fp8_e4m3fn")
@@ -125,8 +131,8 @@ def test_decode_tiles_that_would_leave_most_block_slots_empty_go_after_the_defau
     def decode(batch):
         return Problem(family="paged", page_size=64, batch=batch, seqlen_q=1, seqlen_k=32768, nhead_q=32, nhead_k=8,
                        hdim_q=128, mask="b")
-    assert [tag for tag, _ in candidates(decode(16), "sm_90a")][:2] == ["wgmma-q128k128", "wgmma-q64k64b2"]
-    assert [tag for tag, _ in candidates(decode(64), "sm_90a")][:2] == ["wgmma-q64k64b2", "wgmma-q128k128"]
+    assert [tag for tag, _ in candidates(decode(16), "sm_90a")][:3] == ["wgmma-q128k128ws", "wgmma-q128k128", "wgmma-q64k64b2"]
+    assert [tag for tag, _ in candidates(decode(64), "sm_90a")][:2] == ["wgmma-q64k64b2", "wgmma-q128k128ws"]
 
 
 def test_paged_mma_tiles_count_their_row_table_in_the_shared_memory_fit(monkeypatch):

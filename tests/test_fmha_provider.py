@@ -140,3 +140,14 @@ def test_a_launch_opts_in_to_its_dynamic_shared_memory_even_under_48_kib(no_comp
     FmhaProvider("mma-q128k64w4").prepare(paged, session)
     opt_ins = [c for c in backend.calls if c[0] == "opt-in"]
     assert [c[2] for c in opt_ins] == [48 * 1024]
+
+
+def test_a_provider_named_fmha_tag_runs_only_that_candidate_and_skips_points_without_it():
+    from fmha_bench.providers import get_providers
+    (provider,) = get_providers(["fmha:wgmma-q128k128ws"])
+    device = RecordingBackend(132).device_info()
+    prefill = Problem(batch=2, seqlen_q=512, nhead_q=8, hdim_q=128)
+    assert provider.name == "fmha:wgmma-q128k128ws" and provider.supports(prefill, device) is None
+    assert provider._select(prefill, device.arch)[0][1] == dict(candidates(prefill, device.arch))["wgmma-q128k128ws"]
+    fp8 = Problem(batch=2, seqlen_q=512, nhead_q=8, hdim_q=128, dtype="fp8_e4m3fn")   # no warp-specialised fp8 tile
+    assert provider.supports(fp8, device) == "wgmma-q128k128ws is not a candidate instance for this point"

@@ -191,7 +191,8 @@ def test_persistent_grid_is_what_fits_on_an_sm_up_to_two_blocks(arch, tile, hdim
 
 
 def test_candidates_put_wgmma_first_then_the_smallest_mma_tile_and_separate_last():
-    """wgmma's tiles in the table's order (its default two-warpgroup tile before decode's)."""
+    """wgmma's tiles in the table's order (its default two-warpgroup tile before decode's; not its
+    warp-specialised tile, whose producer runs one item), then mma.sync's."""
     found = mixed_candidates(serving([100], [700, 80]), "sm_90a")
     assert [tag for tag, _ in found] == ["persistent-q128k128", "persistent-q64k64b2", "persistent-q64k64w4",
                                          "persistent-q128k64w8", "persistent-q128k32w4", SEPARATE_TAG]

@@ -6,7 +6,8 @@ emulation.
 
 This checks the kernel's descriptors, swizzled and staged loads, the fp8 V transpose and its key
 permutation against P's fragment, the P scale, masks, GQA, varlen, page tables, LSE, sink and
-soft cap, for the shipped tiles (two warpgroups; one in decode's tiles). Whether the instruction model is
+soft cap, for the shipped tiles (two warpgroups; one in decode's tiles; a producer warpgroup beside
+two consumers in the warp-specialised ones). Whether the instruction model is
 the GPU's is for the GPU tests (tests/test_gpu_kernels.py).
 """
 from __future__ import annotations
@@ -129,12 +130,31 @@ def test_fp8_paged_tables_match_reference(emulate, problem):
 
 
 # ----------------------------------------------------------------------------- 16-bit (the shared code paths)
+@pytest.mark.parametrize("problem,tag", [
+    (fwd(dtype="fp16", seqlen_k=300), "wgmma-q128k128"),
+    (fwd(dtype="bf16", hdim_q=256, seqlen_q=20, seqlen_k=140, mask="t:8,-1,2", sink=True), "wgmma-q128k64"),
+    (paged(dtype="bf16", hdim_q=64, page_size=16, page_table="sglang", kv_layout="hnd"), "wgmma-q128k64b2"),
+], ids=lambda x: x if isinstance(x, str) else x.name())
+def test_sixteen_bit_instances_match_reference(emulate, problem, tag):
+    _assert_matches(problem, emulate(problem, tag=tag))
+
+
+# ----------------------------------------------------------------------------- warp-specialised tiles
 @pytest.mark.parametrize("problem", [
-    fwd(dtype="fp16", seqlen_k=300),
-    fwd(dtype="bf16", hdim_q=256, seqlen_q=20, seqlen_k=140, mask="t:8,-1,2", sink=True),
-    paged(dtype="bf16", hdim_q=64, page_size=16, page_table="sglang", kv_layout="hnd"),
+    fwd(dtype="fp16", seqlen_q=140, seqlen_k=700, nhead_q=2, nhead_k=1),                # both stages reused
+    fwd(dtype="bf16", seqlen_q=150, seqlen_k=530, mask="t:8,-1,2", sink=True, soft_cap=5.0),
+    fwd(dtype="fp16", hdim_q=64, seqlen_q=70, seqlen_k=600, mask="xb:40", nhead_q=8, nhead_k=2),
+    fwd(dtype="bf16", mode="group", batch=4, seqlen_q=[19, 0, 1, 133], seqlen_k=[530, 0, 1, 270], nhead_q=4,
+        nhead_k=2),                                                                     # empty tile lists
+    paged(dtype="fp16", hdim_q=128, page_size=1, page_table="vllm", kv_layout="nhd", seqlen_k=[700, 3, 260]),
+    paged(dtype="bf16", hdim_q=64, page_size=16, page_table="sglang", kv_layout="hnd", seqlen_k=[600, 17, 129]),
+    fwd(family="splitkv", dtype="fp16", seqlen_q=70, seqlen_k=900, mask="t:8,-1,2", num_splits=3),
 ], ids=lambda p: p.name())
-def test_sixteen_bit_instances_match_reference(emulate, problem):
+def test_warp_specialised_tiles_match_reference(emulate, problem):
+    """The producer warpgroup's copies and row table, the full/empty mbarrier phases over many
+    tiles, and the consumers released stage by stage (the dispatcher's default 16-bit tile)."""
+    found = wgmma_candidates(problem, "sm_90a")
+    assert spec_tile(found[0][1])["warp_specialized"], found[0][0]
     _assert_matches(problem, emulate(problem))
 
 
@@ -191,7 +211,7 @@ def test_splits_write_the_spec_partials_and_combine_to_the_reference(emulate, pr
                                                 ("fp16", 128, 128), ("bf16", 256, 64)])
 def test_host_shared_bytes_mirror_the_kernel(library, dtype, hdim, block_k):
     spec = with_block_k(wgmma_candidates(Problem(dtype=dtype, hdim_q=hdim), "sm_90a")[0][1], block_k)
-    assert library(spec).smem_bytes() + 1024 == shared_bytes(hdim, hdim, {"block_k": block_k}, dtype)
+    assert library(spec).smem_bytes() + 1024 == shared_bytes(hdim, hdim, spec_tile(spec), dtype)
 
 
 @pytest.mark.parametrize("dtype,hdim", [(FP8, 128), ("fp16", 128), (FP8, 64), ("bf16", 64)])

@@ -27,7 +27,9 @@ def run_options(command):
     """The options `sweep` and `parity` share: which points, which providers, where results go."""
     options = [
         click.argument("sweep_file", required=False, metavar="[FILE]"),
-        click.option("--providers", metavar="A,B", help="Comma-separated providers, replacing the sweep's list."),
+        click.option("--providers", metavar="A,B",
+                     help="Comma-separated providers, replacing the sweep's list (fmha:<tag>: one candidate "
+                          "instance, as --all-instances names them)."),
         click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="GPU index."),
         click.option("--validate", "validate_mode", type=click.Choice(VALIDATE_MODES),
                      help="Validation against the reference, replacing the sweep's mode."),

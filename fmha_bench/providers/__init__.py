@@ -2,8 +2,10 @@
 
 `fmha` (our kernels), `torch-sdpa:{flash,cudnn,efficient,math}` (PyTorch SDPA with one backend
 forced), `ck` (Composable Kernel's example binary) and, from a sweep file's `binaries:` section,
-one `binary:NAME` per declared program. `selftest:{fault,hang,trap,abort}` (test-only, they
-misbehave on purpose) are found by name but never listed.
+one `binary:NAME` per declared program; `fmha:<tag>` runs one candidate instance of the
+dispatcher's (the tags --all-instances prints) and skips points it is not a candidate of.
+`selftest:{fault,hang,trap,abort}` (test-only, they misbehave on purpose) are found by name but
+never listed.
 """
 from __future__ import annotations
 
@@ -34,11 +36,14 @@ def all_providers(sweep=None, ck_binary: Optional[str] = None) -> list[Provider]
 
 def get_providers(names: list[str], sweep=None, ck_binary: Optional[str] = None) -> list[Provider]:
     """The providers named (`--providers` or the sweep's list), in that order."""
+    from .fmha import FmhaProvider
     from .selftest import BEHAVIOURS, SelftestProvider
     known = {p.name: p for p in all_providers(sweep, ck_binary)}
     known.update((f"selftest:{b}", SelftestProvider(b)) for b in BEHAVIOURS)
     out = []
     for name in names:
+        if name.startswith("fmha:") and name not in known:   # one candidate instance, as --all-instances names it
+            known[name] = FmhaProvider(tag=name.removeprefix("fmha:"))
         if name not in known:
             close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""

@@ -1,0 +1,173 @@
+/* fmha_async_barrier_emulation.h: fmha_async_barrier.h's mbarriers, named barriers and register
+   reallocation on the CPU emulation (FMHA_CPU_EMULATION, fmha_cpu_emulation.h), with the
+   semantics documented there, so warp-specialised kernels run in the CPU tests.
+
+   A thread that has to wait is a suspended fiber; the arrival that completes an mbarrier phase or
+   a named barrier generation wakes its waiters. The emulated cp.async copies synchronously, so
+   mbarrier_arrive_after_copies is an arrival now. Misuse raises std::runtime_error (out of
+   fmha_emu::run_grid) instead of going unnoticed:
+   - arriving on, or waiting for, an mbarrier this block has not initialised (__shared__ is static
+     storage here and outlives blocks, so the check keeps its own record per block);
+   - over-arrival: an mbarrier completes phase k + 1 before a thread that waited for phase k has
+     resumed. That thread would find its parity again and miss phase k (on the GPU: a hang, or a
+     stage overwritten under its readers): the phases got more arrivals than they expect;
+   - a named barrier id outside 1..15, a count that is not a positive multiple of 32 within the
+     block, participants of one generation giving different counts;
+   - deadlock: the scheduler's report names the mbarrier (phase, arrivals) or named barrier
+     (arrivals) each stuck thread waits for.
+   Named barriers count threads, where the GPU counts 32 per warp: every lane of a warp must call
+   them, as the .aligned instructions require. */
+#ifndef FMHA_ASYNC_BARRIER_EMULATION_H
+#define FMHA_ASYNC_BARRIER_EMULATION_H
+
+#if !defined(FMHA_CPU_EMULATION)
+#error "fmha_async_barrier_emulation.h is for -DFMHA_CPU_EMULATION builds"
+#endif
+
+#include "fmha_cpu_emulation.h"
+
+namespace fmha {
+
+/* 8 bytes, like the GPU's, so shared-memory layouts have the same size in both builds. */
+struct alignas(8) MBarrier {
+    unsigned long long arrivals : 20;   /* per phase (PTX: 1 .. 2^20 - 1) */
+    unsigned long long arrived : 20;    /* in the current phase */
+    unsigned long long phase : 24;      /* the current phase, mod 2^24 (even: parities stay exact) */
+};
+static_assert(sizeof(MBarrier) == 8, "an mbarrier is 8 bytes of shared memory");
+
+namespace async_emu {
+
+using fmha_emu::fail;
+
+constexpr unsigned kPhaseMask = (1u << 24) - 1;
+
+struct NamedBarrier {
+    unsigned expected, arrived, generation;
+};
+
+/* The current block's initialised mbarriers and named barriers (index: id). */
+struct BlockState {
+    unsigned long long serial;
+    std::vector<const MBarrier*> mbarriers;
+    NamedBarrier named[16];
+};
+
+inline BlockState& block_state()
+{
+    static BlockState state{};
+    if (state.serial != fmha_emu::g_block_serial) state = BlockState{fmha_emu::g_block_serial, {}, {}};
+    return state;
+}
+
+inline bool is_initialised(const MBarrier* bar)
+{
+    for (const MBarrier* known : block_state().mbarriers)
+        if (known == bar) return true;
+    return false;
+}
+
+inline MBarrier& initialised(MBarrier* bar, const char* op)
+{
+    if (!is_initialised(bar))
+        fail("%s by thread %u on mbarrier %p, which this block has not initialised (mbarrier_init)", op, threadIdx.x,
+             (void*)bar);
+    return *bar;
+}
+
+inline void describe_mbarrier(const void* object, unsigned phase, char* text, size_t n)
+{
+    const MBarrier& bar = *(const MBarrier*)object;
+    std::snprintf(text, n, "wait on mbarrier %p for phase %u (parity %u) to complete, %u of %u arrivals made", object,
+                  phase, phase % 2, (unsigned)bar.arrived, (unsigned)bar.arrivals);
+}
+
+inline void describe_named(const void* object, unsigned, char* text, size_t n)
+{
+    const NamedBarrier& nb = *(const NamedBarrier*)object;
+    std::snprintf(text, n, "wait at named barrier %d, %u of %u threads arrived", (int)(&nb - block_state().named),
+                  nb.arrived, nb.expected);
+}
+
+/* One arrival at named barrier `id`; returns the generation it arrived in. */
+inline unsigned named_arrival(int id, int threads, const char* op)
+{
+    if (id < 1 || id > 15) fail("%s by thread %u: id %d is not in 1..15", op, threadIdx.x, id);
+    if (threads <= 0 || threads % 32 != 0 || (unsigned)threads > blockDim.x)
+        fail("%s by thread %u: %d threads is not a positive multiple of 32 within the block of %u", op, threadIdx.x,
+             threads, blockDim.x);
+    NamedBarrier& nb = block_state().named[id];
+    if (nb.arrived == 0)
+        nb.expected = (unsigned)threads;
+    else if (nb.expected != (unsigned)threads)
+        fail("named barrier %d count mismatch: thread %u arrives for %d threads, while %u arrived for %u", id,
+             threadIdx.x, threads, nb.arrived, nb.expected);
+    const unsigned generation = nb.generation;
+    if (++nb.arrived == nb.expected) {
+        nb.arrived = 0;
+        ++nb.generation;
+        fmha_emu::wake(&nb);   /* its syncers all wait for this generation */
+    }
+    return generation;
+}
+
+}  // namespace async_emu
+
+/* By one thread; a block barrier publishes it. */
+inline void mbarrier_init(MBarrier* bar, unsigned arrivals)
+{
+    if (arrivals == 0 || arrivals >= 1u << 20)
+        async_emu::fail("mbarrier_init by thread %u: %u arrivals is not in 1 .. 2^20 - 1", threadIdx.x, arrivals);
+    *bar = MBarrier{arrivals, 0, 0};
+    if (!async_emu::is_initialised(bar)) async_emu::block_state().mbarriers.push_back(bar);
+}
+
+inline void mbarrier_arrive(MBarrier* bar)
+{
+    MBarrier& m = async_emu::initialised(bar, "mbarrier_arrive");
+    if (++m.arrived < m.arrivals) return;
+    m.arrived = 0;
+    ++m.phase;
+    fmha_emu::wake(bar);   /* every waiter waits for the phase just completed */
+}
+
+inline void mbarrier_arrive_after_copies(MBarrier* bar) { mbarrier_arrive(bar); }
+
+/* Returns once the barrier's current phase has another parity than `parity` (PTX try_wait.parity):
+   at once when the phase of that parity has completed, else when it completes. */
+inline void mbarrier_wait(MBarrier* bar, unsigned parity)
+{
+    MBarrier& m = async_emu::initialised(bar, "mbarrier_wait");
+    const unsigned phase = (unsigned)m.phase;
+    if (phase % 2 != parity % 2) return;
+    fmha_emu::wait_on(bar, phase, async_emu::describe_mbarrier);
+    if ((((unsigned)m.phase - phase) & async_emu::kPhaseMask) != 1)
+        async_emu::fail("mbarrier over-arrival: mbarrier %p completed phases %u and %u before thread %u, waiting for "
+                        "phase %u, resumed: more arrivals than a phase expects (%u)",
+                        (void*)bar, phase, phase + 1, threadIdx.x, phase, (unsigned)m.arrivals);
+}
+
+inline void named_barrier_sync(int id, int threads)
+{
+    const unsigned generation = async_emu::named_arrival(id, threads, "named_barrier_sync");
+    async_emu::NamedBarrier& nb = async_emu::block_state().named[id];
+    if (nb.generation == generation) fmha_emu::wait_on(&nb, generation, async_emu::describe_named);
+}
+
+inline void named_barrier_arrive(int id, int threads) { async_emu::named_arrival(id, threads, "named_barrier_arrive"); }
+
+template <int Registers>
+inline void raise_registers()
+{
+    static_assert(Registers % 8 == 0 && Registers >= 24 && Registers <= 256, "setmaxnreg: a multiple of 8 in [24, 256]");
+}
+
+template <int Registers>
+inline void lower_registers()
+{
+    static_assert(Registers % 8 == 0 && Registers >= 24 && Registers <= 256, "setmaxnreg: a multiple of 8 in [24, 256]");
+}
+
+}  // namespace fmha
+
+#endif /* FMHA_ASYNC_BARRIER_EMULATION_H */
