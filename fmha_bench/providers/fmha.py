@@ -31,7 +31,8 @@ class FmhaProvider(Provider):
         self._forced = None
 
     def describe(self) -> str:
-        return "this project's HIP kernels (kernel_src/), JIT-built per arch (nvcc/NVRTC, hipcc/clang)"
+        return ("this project's HIP kernels (kernel_src/), JIT-built per arch (nvcc/NVRTC, hipcc/clang); "
+                "fmha:<tag> runs one candidate (tags: --all-instances)")
 
     def force_kernel(self, label: str | None) -> None:
         """--kernel: the first candidate whose instance label or tag contains `label` runs."""
