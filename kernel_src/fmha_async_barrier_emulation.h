@@ -3,8 +3,10 @@
    semantics documented there, so warp-specialised kernels run in the CPU tests.
 
    A thread that has to wait is a suspended fiber; the arrival that completes an mbarrier phase or
-   a named barrier generation wakes its waiters. The emulated cp.async copies synchronously, so
-   mbarrier_arrive_after_copies is an arrival now. Misuse raises std::runtime_error (out of
+   a named barrier generation wakes its waiters. mbarrier_arrive_after_copies arrives now and hands
+   the thread's emulated cp.async copies, still in flight (fmha_cpu_emulation.h), to the phase: they
+   land when a thread's mbarrier_wait sees that phase complete, so a consumer that skips its wait
+   reads the stage's old contents. Misuse raises std::runtime_error (out of
    fmha_emu::run_grid) instead of going unnoticed:
    - arriving on, or waiting for, an mbarrier this block has not initialised (__shared__ is static
      storage here and outlives blocks, so the check keeps its own record per block);
@@ -47,10 +49,18 @@ struct NamedBarrier {
 };
 
 /* The current block's initialised mbarriers and named barriers (index: id). */
+/* Copies attached to an mbarrier phase by mbarrier_arrive_after_copies, in phase order. */
+struct AttachedCopies {
+    const MBarrier* bar;
+    unsigned phase;
+    std::vector<fmha_emu::CopyInFlight> copies;
+};
+
 struct BlockState {
     unsigned long long serial;
     std::vector<const MBarrier*> mbarriers;
     NamedBarrier named[16];
+    std::vector<AttachedCopies> attached;
 };
 
 inline BlockState& block_state()
@@ -131,20 +141,47 @@ inline void mbarrier_arrive(MBarrier* bar)
     fmha_emu::wake(bar);   /* every waiter waits for the phase just completed */
 }
 
-inline void mbarrier_arrive_after_copies(MBarrier* bar) { mbarrier_arrive(bar); }
+/* The thread's copies in flight land when a waiter sees this phase complete (mbarrier_wait). */
+inline void mbarrier_arrive_after_copies(MBarrier* bar)
+{
+    const MBarrier& m = async_emu::initialised(bar, "mbarrier_arrive_after_copies");
+    std::vector<async_emu::AttachedCopies>& attached = async_emu::block_state().attached;
+    attached.push_back({bar, (unsigned)m.phase, fmha_emu::take_copies()});
+    mbarrier_arrive(bar);
+}
 
 /* Returns once the barrier's current phase has another parity than `parity` (PTX try_wait.parity):
    at once when the phase of that parity has completed, else when it completes. */
+namespace async_emu {
+
+/* Lands the copies attached to the completed phases of `bar` (the current phase is still open). */
+inline void land_attached(const MBarrier* bar)
+{
+    std::vector<AttachedCopies>& attached = block_state().attached;
+    size_t kept = 0;
+    for (size_t i = 0; i < attached.size(); ++i) {
+        if (attached[i].bar == bar && attached[i].phase != (unsigned)bar->phase)
+            for (const fmha_emu::CopyInFlight& c : attached[i].copies) c.land();
+        else if (kept++ != i)   /* (a self-move would empty the vector) */
+            attached[kept - 1] = std::move(attached[i]);
+    }
+    attached.resize(kept);
+}
+
+}  // namespace async_emu
+
 inline void mbarrier_wait(MBarrier* bar, unsigned parity)
 {
     MBarrier& m = async_emu::initialised(bar, "mbarrier_wait");
     const unsigned phase = (unsigned)m.phase;
-    if (phase % 2 != parity % 2) return;
-    fmha_emu::wait_on(bar, phase, async_emu::describe_mbarrier);
-    if ((((unsigned)m.phase - phase) & async_emu::kPhaseMask) != 1)
-        async_emu::fail("mbarrier over-arrival: mbarrier %p completed phases %u and %u before thread %u, waiting for "
-                        "phase %u, resumed: more arrivals than a phase expects (%u)",
-                        (void*)bar, phase, phase + 1, threadIdx.x, phase, (unsigned)m.arrivals);
+    if (phase % 2 == parity % 2) {
+        fmha_emu::wait_on(bar, phase, async_emu::describe_mbarrier);
+        if ((((unsigned)m.phase - phase) & async_emu::kPhaseMask) != 1)
+            async_emu::fail("mbarrier over-arrival: mbarrier %p completed phases %u and %u before thread %u, waiting "
+                            "for phase %u, resumed: more arrivals than a phase expects (%u)",
+                            (void*)bar, phase, phase + 1, threadIdx.x, phase, (unsigned)m.arrivals);
+    }
+    async_emu::land_attached(bar);
 }
 
 inline void named_barrier_sync(int id, int threads)

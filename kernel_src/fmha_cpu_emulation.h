@@ -8,7 +8,8 @@
      register operands) has arrived at a barrier of that group size;
    - a wake-up on an object (an mbarrier phase, a named barrier generation; see
      fmha_async_barrier_emulation.h), given by the thread that completes it.
-   The thread that completes a wait queues the waiters in thread order, so the threads of a block
+   Emulated cp.async copies stay in flight until the synchronisation the GPU needs for them (see
+   CopyInFlight). The thread that completes a wait queues the waiters in thread order, so the threads of a block
    barrier resume in order 0, 1, ... Each wait costs O(1) plus O(threads) per completion; blocks
    run one after another. Errors raise std::runtime_error from run_grid instead of hanging:
    a thread exits while others of its group wait at a group barrier, or reaches one after a thread
@@ -97,9 +98,20 @@ struct Block {
     unsigned head = 0, queued = 0, exited = 0;
     std::vector<GroupArrivals> groups;
     std::vector<float> exchange;
+    std::vector<std::vector<struct CopyInFlight>> copies;   /* per thread: issued, not landed */
     std::exception_ptr error;         /* thrown by a kernel thread, rethrown by run_grid */
     ucontext_t scheduler;
     ~Block() { delete[] stacks; }
+};
+
+/* An emulated cp.async: its 16 bytes are read when it is issued and land in shared memory only
+   when its thread waits for its copies (wait_copies), or when a thread sees the mbarrier phase they
+   were attached to complete (fmha_async_barrier_emulation.h), or when its thread exits: a reader
+   that skips the wait the GPU requires finds the old contents. */
+struct CopyInFlight {
+    unsigned char* dst;
+    unsigned char bytes[16];
+    void land() const { std::memcpy(dst, bytes, 16); }
 };
 
 inline Block* g_block = nullptr;
@@ -182,9 +194,35 @@ inline void wake(const void* object)
         if (b.state[t] == State::waiting && b.waits[t].object == object) make_runnable(b, t);
 }
 
+/* A cp.async of 16 bytes from src (zeros when src is null) to dst; outside a block it lands at once. */
+inline void issue_copy(void* dst, const void* src)
+{
+    CopyInFlight c{(unsigned char*)dst, {}};
+    if (src) std::memcpy(c.bytes, src, 16);
+    if (g_block == nullptr)
+        c.land();
+    else
+        g_block->copies[threadIdx.x].push_back(c);
+}
+
+/* The calling thread's copies in flight, handed over (to an mbarrier) and no longer its own. */
+inline std::vector<CopyInFlight> take_copies()
+{
+    std::vector<CopyInFlight> taken;
+    taken.swap(g_block->copies[threadIdx.x]);
+    return taken;
+}
+
+inline void land_copies()
+{
+    if (g_block == nullptr) return;
+    for (const CopyInFlight& c : take_copies()) c.land();
+}
+
 inline void exit_thread(Block& b)
 {
     const unsigned me = threadIdx.x;
+    land_copies();
     b.state[me] = State::done;
     ++b.exited;
     for (const GroupArrivals& g : b.groups)
@@ -257,6 +295,7 @@ void run_grid(void (*kernel)(Params), const Params& params, unsigned gx, unsigne
     b.waits.resize(threads);
     b.queue.resize(threads);
     b.exchange.resize(threads);
+    b.copies.resize(threads);
     struct Detach {
         ~Detach() { g_block = nullptr; }
     } detach;
@@ -270,6 +309,7 @@ void run_grid(void (*kernel)(Params), const Params& params, unsigned gx, unsigne
                 ++g_block_serial;
                 b.head = b.queued = b.exited = 0;
                 b.groups.clear();
+                for (std::vector<CopyInFlight>& copies : b.copies) copies.clear();
                 for (unsigned t = 0; t < threads; ++t) {
                     getcontext(&b.fibers[t]);
                     b.fibers[t].uc_stack.ss_sp = b.stacks + t * kStackBytes;

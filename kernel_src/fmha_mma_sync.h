@@ -158,16 +158,12 @@ inline void mma_m16n8k16(float* c, const unsigned* a, const unsigned* b)
 
 }  // namespace mma_emu
 
-inline void copy16_async(void* dst, const void* src, bool present)
-{
-    if (present)
-        std::memcpy(dst, src, 16);
-    else
-        std::memset(dst, 0, 16);
-}
+/* In flight until the thread waits for them (fmha_cpu_emulation.h); wait_copies<N> lands all of
+   them, N included: a stricter wait than the GPU's never hides a missing one. */
+inline void copy16_async(void* dst, const void* src, bool present) { fmha_emu::issue_copy(dst, present ? src : nullptr); }
 inline void commit_copies() {}
 template <int Pending>
-inline void wait_copies() {}
+inline void wait_copies() { fmha_emu::land_copies(); }
 inline float exp2_approx(float x) { return std::exp2(x); }
 inline void ldmatrix_x4(unsigned* r, const void* p) { mma_emu::ldmatrix(r, p, false); }
 inline void ldmatrix_x4_trans(unsigned* r, const void* p) { mma_emu::ldmatrix(r, p, true); }
