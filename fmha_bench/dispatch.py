@@ -5,8 +5,9 @@ Candidates, in preference order: the Hopper wgmma kernel's tiles (kernels_wgmma;
 paged, fp16/bf16/fp8, split-KV too), the mma.sync kernel's tiles (kernels_mma; NVIDIA sm_80+,
 fp16/bf16, one split) with the arch's default tile first, the AMD matrix-core kernel's tiles
 (kernels_mfma; MFMA on gfx90a/gfx942/gfx950, WMMA on gfx1100/gfx1201; compiled and CPU-emulated
-here, never run on AMD hardware) (decode-like points: within each kernel, the tiles whose grid
-fills its waves of resident blocks best, then the smallest row tile), then the portable kernel (kernels),
+here, never run on AMD hardware) (prefill: within each kernel, a tile computing much more padded or
+masked area than the next gives way to it; decode-like points: the tiles whose grid fills its waves
+of resident blocks best, then the smallest row tile), then the portable kernel (kernels),
 which runs everything the project supports. Family mla has its own tensor-core kernel
 (kernels_mla; NVIDIA sm_80+, fp16/bf16/fp8, split-KV too) first, then the portable kernel where
 that runs it. Each candidate carries a short tag (`mma-q128k64w8`, `mla-q64k32s3`,
@@ -20,6 +21,7 @@ from typing import Union
 
 from . import archs, kernels, kernels_mfma, kernels_mla, kernels_mma, kernels_wgmma
 from .build.instance import KernelSpec
+from .mixed_plan import computed_area
 from .problem import Problem, ProblemError
 
 
@@ -46,7 +48,7 @@ def candidates(problem: Problem, arch: str) -> Union[list, str]:
     for family in families if problem.num_splits == 1 else families[:1]:
         tiles = family(problem, arch)
         if not isinstance(tiles, str):
-            found += _decode_first(problem, arch, tiles)
+            found += _decode_first(problem, arch, _least_waste_first(problem, tiles))
     return found + [(portable_tag(portable), portable)]
 
 
@@ -80,9 +82,41 @@ def _block_q(spec: KernelSpec) -> int:
     return int(dict(spec.defines)["FMHA_BLOCK_Q"])
 
 
+def _block_k(spec: KernelSpec) -> int:
+    if spec.source == kernels_wgmma.WGMMA_SOURCE:
+        return kernels_wgmma.spec_tile(spec)["block_k"]
+    return int(dict(spec.defines)["FMHA_BLOCK_K"])
+
+
 def _resident_blocks(spec: KernelSpec) -> int:
     """Blocks of the instance one SM holds at once (as its tile declares; 1 when it declares none)."""
     return kernels_wgmma.spec_tile(spec)["blocks_per_sm"] if spec.source == kernels_wgmma.WGMMA_SOURCE else 1
+
+
+# A tile listed before another (measured faster per computed element) gives way to it when it computes
+# more than this much more padded or masked area (mixed_plan.computed_area). H100, fp16 hdim 64: the
+# 192-row tile does 1.18-1.23x the 128-row tile's work per second, and loses on causal 512 and 1k,
+# whose diagonal it pads 1.69x and 1.33x as much (119 vs 126, 185 vs 200 TFLOPS), and wins on causal
+# 2k at 1.11x (288 vs 279) and non-causal 512 at 1.125x (239 vs 228; NOTES.md, session 9).
+AREA_SLACK = 0.15
+
+
+def _least_waste_first(problem: Problem, found: list) -> list:
+    """Prefill: one pass moving each tile below the next one when it computes more than
+    AREA_SLACK more area (a demoted tile may keep sinking past several)."""
+    if max(problem.seqlens_q()) * problem.group_size <= DECODE_ROWS or problem.num_splits != 1:
+        return found   # decode-like points: _decode_first; splits: their own grid
+    order = list(found)
+    area = {}
+    for tag, spec in order:
+        tile = (_block_q(spec), _block_k(spec))
+        if tile not in area:
+            area[tile] = computed_area(problem, *tile)
+    for i in range(len(order) - 1):
+        mine, next_one = (area[(_block_q(spec), _block_k(spec))] for _, spec in order[i:i + 2])
+        if mine > (1 + AREA_SLACK) * next_one:
+            order[i], order[i + 1] = order[i + 1], order[i]
+    return order
 
 
 def _decode_first(problem: Problem, arch: str, found: list) -> list:

@@ -130,23 +130,43 @@ class MixedPlan:
                 f"into {self.slots()} partials merged")
 
 
+def _visited_tiles(mask, sq: int, sk: int, group: int, block_q: int, block_k: int) -> tuple:
+    """The row tiles of one (request, KV head), as arrays: row begins and ends, and the key tiles
+    each visits (sink tiles, window begin and end, in block_k units)."""
+    begins = np.arange(0, sq * group, block_q)
+    ends = np.minimum(begins + block_q, sq * group)
+    lo, _, _ = mask.row_bounds(sq, sk, begins // group)
+    _, hi, sink_end = mask.row_bounds(sq, sk, (ends - 1) // group)
+    sink_tiles = -(-sink_end // block_k)
+    window_begin = np.maximum(lo // block_k, sink_tiles)
+    window_end = np.where(hi >= lo, np.maximum(hi // block_k + 1, window_begin), window_begin)
+    return begins, ends, sink_tiles, window_begin, window_end
+
+
 def row_tiles(problem: Problem, block_q: int, block_k: int) -> list:
     """Every (request, KV head) row tile of a group-mode problem with the key tiles it visits."""
     out = []
-    group = problem.group_size
     for seq, (sq, sk) in enumerate(zip(problem.seqlens_q(), problem.seqlens_k())):
-        begins = np.arange(0, sq * group, block_q)
-        ends = np.minimum(begins + block_q, sq * group)
+        for kv_head in range(problem.nhead_k):
+            visited = _visited_tiles(problem.mask_for_kv_head(kv_head), sq, sk, problem.group_size, block_q, block_k)
+            out += [RowTile(seq, kv_head, *map(int, tile)) for tile in zip(*visited)]
+    return out
+
+
+def computed_area(problem: Problem, block_q: int, block_k: int) -> int:
+    """Query-row x key products a kernel with these tiles computes, padding and masked parts of
+    its visited tiles included (the dispatcher's measure of a tile's waste)."""
+    per_sequence = {}   # batch mode repeats one (lengths, mask) per request and KV head
+    total = 0
+    for sq, sk in zip(problem.seqlens_q(), problem.seqlens_k()):
         for kv_head in range(problem.nhead_k):
             mask = problem.mask_for_kv_head(kv_head)
-            lo, _, _ = mask.row_bounds(sq, sk, begins // group)
-            _, hi, sink_end = mask.row_bounds(sq, sk, (ends - 1) // group)
-            for r0, r1, lo_first, hi_last, sink_last in zip(begins, ends, lo, hi, sink_end):
-                sink_tiles = -(-int(sink_last) // block_k)
-                window_begin = max(int(lo_first) // block_k, sink_tiles)
-                window_end = max(int(hi_last) // block_k + 1, window_begin) if hi_last >= lo_first else window_begin
-                out.append(RowTile(seq, kv_head, int(r0), int(r1), sink_tiles, window_begin, window_end))
-    return out
+            key = (sq, sk, mask)
+            if key not in per_sequence:
+                _, _, sink, begin, end = _visited_tiles(mask, sq, sk, problem.group_size, block_q, block_k)
+                per_sequence[key] = int((sink + end - begin).sum()) * block_q * block_k
+            total += per_sequence[key]
+    return total
 
 
 def _items(tiles: list, chunk_tiles: int, block_q: int, block_k: int) -> list:

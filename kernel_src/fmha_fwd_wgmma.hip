@@ -7,8 +7,8 @@
    Compile-time specialisation (-D): FMHA_DTYPE fp16 | bf16 | fp8_e4m3fn, FMHA_HDIM_Q, FMHA_HDIM_V
    (multiples of 64, <= 256), FMHA_KV_SOURCE dense | paged, FMHA_BLOCK_K (64 or 128), FMHA_SOFT_CAP
    0 | 1, FMHA_BLOCKS_PER_SM (1 or 2), optional FMHA_PERSISTENT 0 | 1, FMHA_SPLIT_KV 0 | 1 (grid
-   instances that honour num_splits), FMHA_WARPGROUPS 1 | 2 (default 2; BLOCK_Q = 64 rows per
-   computing warpgroup) and FMHA_WARP_SPECIALIZED 0 | 1. The one-warpgroup tiles are decode's: with
+   instances that honour num_splits), FMHA_WARPGROUPS 1 | 2 | 3 (default 2; BLOCK_Q = 64 rows per
+   computing warpgroup; 3: warp-specialised only) and FMHA_WARP_SPECIALIZED 0 | 1. The one-warpgroup tiles are decode's: with
    a few query rows per KV head a second warpgroup only doubles the idle tensor-core work of each
    step, and two such blocks per SM (BLOCK_K 64) hide each other's step latency. Also builds for
    the CPU emulation (-DFMHA_CPU_EMULATION, tests/test_wgmma_emulated.py, tests/test_mixed_emulated.py).
@@ -141,7 +141,8 @@ constexpr int kPS = kBK / kStepValues;   /* k-steps of P V */
 constexpr int kPScaleLog2 = kFp8 ? 8 : 0;   /* P enters P V as P 2^kPScaleLog2 (fp8: see the header) */
 static_assert(kDq % 64 == 0 && kDv % 64 == 0 && kDq <= 256 && kDv <= 256, "head dims: 64, 128, 192 or 256");
 static_assert(kBK == 64 || kBK == 128, "BLOCK_K: 64 or 128");
-static_assert(kWarpgroups == 1 || kWarpgroups == 2, "one or two warpgroups");
+static_assert(kWarpgroups == 1 || kWarpgroups == 2 || (kWarpgroups == 3 && FMHA_WARP_SPECIALIZED),
+              "one or two warpgroups (three: warp-specialised only)");
 
 typedef wg::WgmmaOps<In::Wg, kBK> MmaS;   /* S = Q K^T: N = BLOCK_K */
 typedef wg::WgmmaOps<In::Wg, kDv> MmaO;   /* O += P V: N = head dim of V */
@@ -172,7 +173,10 @@ static_assert(!kWarpSpecialized || (!kFp8 && !kPersistent),
 #ifndef FMHA_BLOCKS_PER_SM
 #define FMHA_BLOCKS_PER_SM 1
 #endif
-constexpr int kProducerRegisters = 64;
+/* The producer's registers: 64 with two consumer warpgroups (at 40, ptxas serialised the paged
+   copies: +30%, H100 s8); 32 with three, whose consumers (hdim 64) then get 160 and do not spill
+   (at 40 or 64 they did; at 32 the paged copies still issue back to back: SASS checked). */
+constexpr int kProducerRegisters = kWarpgroups == 3 ? 32 : 64;
 constexpr int kLaunchRegisters = (65536 / (kThreads * FMHA_BLOCKS_PER_SM) < 255 ? 65536 / (kThreads * FMHA_BLOCKS_PER_SM) : 255) / 8 * 8;
 constexpr int kConsumerRegisters0 = (kLaunchRegisters * kThreads - kProducerRegisters * kProducerThreads) / kConsumerThreads / 8 * 8;
 constexpr int kConsumerRegisters = kConsumerRegisters0 < 240 ? kConsumerRegisters0 : 240;
@@ -194,23 +198,29 @@ FMHA_DEVICE void load_tile_async(unsigned char* tile, const InT* base, const Row
 }
 
 /* Which rows and 16-byte chunk of the [BLOCK_K][D] K or V tiles each thread copies: the same chunk
-   of rows r0, r0 + kStep, ... of every tile, so its shared-memory offsets are fixed (the copy i
-   lands kSmemStep bytes after copy i - 1) and only the rows' global addresses change per tile:
+   of rows r0, r0 + kStep, ... of every tile, so its shared-memory offsets are fixed (copy_offset)
+   and only the rows' global addresses change per tile:
    a few instructions per 16-byte copy instead of a divide, a swizzle and 64-bit row arithmetic
    each (which made this kernel issue-bound). */
 
-/* Into the swizzled operand layout: kStep is a multiple of 8, so every row of a thread has the
-   same swizzle. */
+/* Into the swizzled operand layout. The swizzle repeats every 8 rows: with kStep a multiple of 8
+   every row of a thread has the same one; with kStep 4 (head dim 256 copied by the 128 threads of
+   a producer: 32 chunks per row) its odd copies' rows have row % 8 ^ 4, so their chunk column
+   moves by a fixed 64 bytes. */
 template <int D>
 struct SwizzledRows {
     static constexpr int kChunks = D / kChunkValues, kStep = kLoaderThreads / kChunks, kCopies = kBK / kStep;
     static constexpr int kSmemStep = kStep * 128;
-    static_assert(kLoaderThreads % kChunks == 0 && kStep % 8 == 0 && kBK % kStep == 0, "copier: tile shape");
-    int r0, chunk, smem_offset;
+    static_assert(kLoaderThreads % kChunks == 0 && (kStep % 8 == 0 || kStep == 4) && kBK % kStep == 0,
+                  "copier: tile shape");
+    int r0, chunk, smem_offset, odd_shift;
     FMHA_DEVICE SwizzledRows() : r0(threadIdx.x / kChunks), chunk(threadIdx.x % kChunks)
     {
         smem_offset = sw128<kBK, 1>(r0, chunk);
+        odd_shift = kStep % 8 == 0 ? 0 : sw128<kBK, 1>(r0 + kStep, chunk) - smem_offset - kSmemStep;
     }
+    /* copy i's shared-memory offset (i is a compile-time constant in the unrolled loops) */
+    FMHA_DEVICE int copy_offset(int i) const { return smem_offset + i * kSmemStep + ((i & 1) ? odd_shift : 0); }
 };
 
 /* fp8 V into its staging tile [BLOCK_K][line_bytes<Dv>]: 16-byte chunk c of row r sits at chunk
@@ -227,6 +237,7 @@ struct StagingRows {
     static constexpr int kSmemStep = kStep * line_bytes<D>, kGroupThreads = 16 * kChunks / kCopies;
     static_assert(kBK * kChunks % kLoaderThreads == 0 && 16 % kCopies == 0, "staging copier: tile shape");
     int r0, chunk, smem_offset;
+    FMHA_DEVICE int copy_offset(int i) const { return smem_offset + i * kSmemStep; }
     FMHA_DEVICE StagingRows()
     {
         const int u = threadIdx.x % kGroupThreads;
@@ -241,7 +252,6 @@ template <class Rows>
 struct DenseTileCopier : Rows {
     using Rows::kStep;
     using Rows::kCopies;
-    using Rows::kSmemStep;
     const InT* src;      /* row r0, this thread's chunk, of key 0 */
     i64 row_stride, step;
     int length;
@@ -255,15 +265,14 @@ struct DenseTileCopier : Rows {
     FMHA_DEVICE void load(unsigned char* tile, int j0, const i64* /* no row table */) const
     {
         const InT* row = src + j0 * row_stride;
-        unsigned char* const dst = tile + this->smem_offset;
         if (j0 + kBK <= length) {   /* no row past the end: no per-row test */
 #pragma unroll
-            for (int i = 0; i < kCopies; ++i, row += step) copy16_async(dst + i * kSmemStep, row, true);
+            for (int i = 0; i < kCopies; ++i, row += step) copy16_async(tile + this->copy_offset(i), row, true);
         } else {
 #pragma unroll
             for (int i = 0; i < kCopies; ++i, row += step) {
                 const bool present = j0 + this->r0 + i * kStep < length;
-                copy16_async(dst + i * kSmemStep, present ? row : src, present);
+                copy16_async(tile + this->copy_offset(i), present ? row : src, present);
             }
         }
     }
@@ -308,7 +317,6 @@ template <class Rows>
 struct PagedTileCopier : Rows {
     using Rows::kStep;
     using Rows::kCopies;
-    using Rows::kSmemStep;
     const InT* src;      /* the (sequence, KV head) base, this thread's chunk */
 
     FMHA_DEVICE explicit PagedTileCopier(const InT* base) : src(base + this->chunk * kChunkValues) {}
@@ -327,10 +335,9 @@ struct PagedTileCopier : Rows {
 
     FMHA_DEVICE void issue(unsigned char* tile, const Offsets& o) const
     {
-        unsigned char* const dst = tile + this->smem_offset;
 #pragma unroll
         for (int i = 0; i < kCopies; ++i)   /* an absent row (-1) is not read (zero fill): no address select */
-            copy16_async(dst + i * kSmemStep, src + o.row[i], o.row[i] >= 0);
+            copy16_async(tile + this->copy_offset(i), src + o.row[i], o.row[i] >= 0);
     }
 
     FMHA_DEVICE void load(unsigned char* tile, int /* j0: resolved into offsets */, const i64* offsets) const

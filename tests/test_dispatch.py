@@ -7,6 +7,7 @@ from fmha_bench.dispatch import candidates, instances_for, launch_config, num_sp
 from fmha_bench.kernels_mma import MMA_SOURCE, shared_bytes
 from fmha_bench.kernels_wgmma import WGMMA_SOURCE
 from fmha_bench.kernels_wgmma import shared_bytes as wgmma_shared_bytes
+from fmha_bench.mixed_plan import computed_area
 from fmha_bench.problem import Problem
 
 
@@ -148,3 +149,26 @@ def test_paged_mma_tiles_count_their_row_table_in_the_shared_memory_fit(monkeypa
     paged = Problem(family="paged", hdim_q=256, dtype="bf16", page_size=16)
     assert not isinstance(kernels_mma.mma_candidates(dense, "sm_80"), str)
     assert "no mma.sync tile fits" in kernels_mma.mma_candidates(paged, "sm_80")
+
+
+def test_computed_area_counts_padded_rows_and_the_visited_part_of_causal_diagonals():
+    plain = Problem(hdim_q=64, nhead_q=2, batch=3, seqlen_q=512, seqlen_k=512, mask="none")
+    assert computed_area(plain, 192, 128) == 3 * 2 * 576 * 512          # 3 row tiles, the last padded
+    causal = dataclasses.replace(plain, mask="causal")
+    # 128-row tiles visit 1..4 key tiles of 128; 192-row tiles visit 2, 3 and 4
+    assert computed_area(causal, 128, 128) == 3 * 2 * (1 + 2 + 3 + 4) * 128 * 128
+    assert computed_area(causal, 192, 128) == 3 * 2 * (2 + 3 + 4) * 192 * 128
+    grouped = Problem(hdim_q=64, nhead_q=8, nhead_k=2, seqlen_q=100, seqlen_k=300, mask="b")
+    # 400 rows (positions x 4 heads) in 4 tiles; bottom-right: positions 0..31 see keys up to 231 (2 key
+    # tiles), the later ones reach into the third
+    assert computed_area(grouped, 128, 128) == 2 * (2 + 3 + 3 + 3) * 128 * 128
+
+
+def test_prefill_tiles_that_pad_far_more_than_the_next_give_way_to_it():
+    """hdim 64: the 192-row tile leads, except on causal diagonals it pads > AREA_SLACK more."""
+    def first(seqlen, mask):
+        problem = Problem(hdim_q=64, nhead_q=32, batch=16384 // seqlen, seqlen_q=seqlen, seqlen_k=seqlen, mask=mask)
+        return candidates(problem, "sm_90a")[0][0]
+    assert [first(s, "none") for s in (512, 1024, 8192)] == ["wgmma-q192k128ws"] * 3
+    assert [first(s, "causal") for s in (512, 1024)] == ["wgmma-q128k128ws"] * 2    # 1.69x, 1.33x the area
+    assert [first(s, "causal") for s in (2048, 8192)] == ["wgmma-q192k128ws"] * 2   # 1.11x, 1.01x

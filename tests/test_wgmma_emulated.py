@@ -149,6 +149,8 @@ def test_sixteen_bit_instances_match_reference(emulate, problem, tag):
     paged(dtype="fp16", hdim_q=128, page_size=1, page_table="vllm", kv_layout="nhd", seqlen_k=[700, 3, 260]),
     paged(dtype="bf16", hdim_q=64, page_size=16, page_table="sglang", kv_layout="hnd", seqlen_k=[600, 17, 129]),
     fwd(family="splitkv", dtype="fp16", seqlen_q=70, seqlen_k=900, mask="t:8,-1,2", num_splits=3),
+    fwd(dtype="bf16", hdim_q=256, seqlen_q=150, seqlen_k=330, mask="b", sink=True),   # 4-row copier step
+    paged(dtype="fp16", hdim_q=256, page_size=16, page_table="vllm", kv_layout="nhd", seqlen_k=[300, 5, 129]),
 ], ids=lambda p: p.name())
 def test_warp_specialised_tiles_match_reference(emulate, problem):
     """The producer warpgroup's copies and row table, the full/empty mbarrier phases over many
