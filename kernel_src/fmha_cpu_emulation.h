@@ -350,6 +350,19 @@ inline float fmha_shfl_xor(float v, int lane_mask)
     return other;
 }
 
+/* Whether p holds on any lane of the caller's warp (every lane calls it). */
+inline bool fmha_warp_any(bool p)
+{
+    std::vector<float>& exchange = fmha_emu::g_block->exchange;
+    const unsigned me = threadIdx.x, first = me - me % 32;
+    exchange[me] = p ? 1.f : 0.f;
+    fmha_emu::group_barrier(32, "vote");
+    bool any = false;
+    for (unsigned lane = 0; lane < 32; ++lane) any = any || exchange[first + lane] != 0.f;
+    fmha_emu::group_barrier(32, "vote");
+    return any;
+}
+
 inline float fmha_bits_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline unsigned int fmha_float_as_bits(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
 inline float fmha_fp16_to_float(unsigned short bits) { return (float)__builtin_bit_cast(_Float16, bits); }

@@ -139,6 +139,11 @@ constexpr int kStepValues = 32 / (int)sizeof(InT);    /* values per k-step (32 b
 constexpr int kKS = kDq / kStepValues;   /* k-steps of Q K^T */
 constexpr int kPS = kBK / kStepValues;   /* k-steps of P V */
 constexpr int kPScaleLog2 = kFp8 ? 8 : 0;   /* P enters P V as P 2^kPScaleLog2 (fp8: see the header) */
+/* Conditional rescaling (FlashAttention-4's): a row's running max m lags its true max by up to
+   kMaxSlackLog2 (log2 units), so P = 2^(S - m) <= 2^8, exact in 16-bit P and in the fp32 sums,
+   and O is rescaled only on the steps whose max grew past that. fp8's P already spends e4m3's
+   range (2^kPScaleLog2): its max moves on every growth. */
+constexpr float kMaxSlackLog2 = kFp8 ? 0.f : 8.f;
 static_assert(kDq % 64 == 0 && kDv % 64 == 0 && kDq <= 256 && kDv <= 256, "head dims: 64, 128, 192 or 256");
 static_assert(kBK == 64 || kBK == 128, "BLOCK_K: 64 or 128");
 static_assert(kWarpgroups == 1 || kWarpgroups == 2 || (kWarpgroups == 3 && FMHA_WARP_SPECIALIZED),
@@ -630,10 +635,12 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
                 }
             tile_max = fmaxf(tile_max, fmha_shfl_xor(tile_max, 1));
             tile_max = fmaxf(tile_max, fmha_shfl_xor(tile_max, 2));
-            const float new_max = fmaxf(row_max[h], tile_max);
+            /* The running max moves only when the tile's exceeds it by more than kMaxSlackLog2 (NaN,
+               both -inf: it stays): otherwise alpha is exactly 1 and issue_pv skips O's rescale. */
+            const float new_max = (tile_max - row_max[h]) * mul > kMaxSlackLog2 ? tile_max : row_max[h];
             const float base = new_max == -FMHA_INF ? 0.f : new_max * mul;  /* nothing visible yet: all P are 0 */
             const float p_base = kFp8 ? base - kPScaleLog2 : base;
-            alpha[h] = exp2_approx(fmaf(row_max[h], mul, -base));
+            alpha[h] = new_max == row_max[h] ? 1.f : exp2_approx(fmaf(row_max[h], mul, -base));
             float sum = 0.f;
 #pragma unroll
             for (int nt = 0; nt < kBK / 8; ++nt)
@@ -728,10 +735,12 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
 
     /* O = alpha O + P_t V_t: issued, not waited. */
     auto issue_pv = [&](int t) {
+        if (fmha_warp_any(alpha[0] != 1.f || alpha[1] != 1.f)) {   /* a warp-uniform branch: no predicated FMULs */
 #pragma unroll
-        for (int dt = 0; dt < kDv / 8; ++dt)
+            for (int dt = 0; dt < kDv / 8; ++dt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[4 * dt + e] *= alpha[e / 2];
+                for (int e = 0; e < 4; ++e) acc[4 * dt + e] *= alpha[e / 2];
+        }
         wg::wgmma_fence();
         if constexpr (kFp8) {
             /* V^T stage t % 2: its k-steps follow stage 0's kPS k-steps */

@@ -4,7 +4,7 @@
    for the tests, as plain C++ on the CPU (FMHA_CPU_EMULATION, see fmha_cpu_emulation.h).
    Everything vendor-specific lives here, behind platform or arch macros:
      FMHA_DEVICE, FMHA_LAUNCH_BOUNDS(n), FMHA_RESTRICT, FMHA_WAVE_SIZE, FMHA_INF,
-     fmha_barrier(), fmha_shfl_xor(v, lane_mask), fmha_exp2(x),
+     fmha_barrier(), fmha_shfl_xor(v, lane_mask), fmha_warp_any(p), fmha_exp2(x),
      element conversions fmha_{fp16,bf16,fp8_e4m3fn,fp8_e4m3fnuz}_to_float, fmha_float_to_{fp16,bf16}.
    bf16 and fp8 travel as raw bits (unsigned short / unsigned char) and are converted here with
    exact bit arithmetic, so no vendor bf16/fp8 header (absent from NVRTC setups and from HIP 5.2)
@@ -29,6 +29,7 @@
 #define FMHA_WAVE_SIZE 64
 #endif
 FMHA_DEVICE float fmha_shfl_xor(float v, int lane_mask) { return __shfl_xor(v, lane_mask); }
+FMHA_DEVICE bool fmha_warp_any(bool p) { return __any(p); }   /* over the wave */
 FMHA_DEVICE void fmha_barrier() { __syncthreads(); }
 FMHA_DEVICE float fmha_bits_as_float(unsigned int u) { return __uint_as_float(u); }
 FMHA_DEVICE unsigned int fmha_float_as_bits(float f) { return __float_as_uint(f); }
@@ -45,6 +46,7 @@ FMHA_DEVICE unsigned short fmha_float_to_fp16(float f) { return __builtin_bit_ca
 #define FMHA_WAVE_SIZE 32
 /* Callers keep every lane of the warp converged at each shuffle, so the full mask is exact. */
 FMHA_DEVICE float fmha_shfl_xor(float v, int lane_mask) { return __shfl_xor_sync(0xffffffffu, v, lane_mask); }
+FMHA_DEVICE bool fmha_warp_any(bool p) { return __any_sync(0xffffffffu, p); }
 FMHA_DEVICE void fmha_barrier() { __syncthreads(); }
 FMHA_DEVICE float fmha_bits_as_float(unsigned int u) { return __uint_as_float(u); }
 FMHA_DEVICE unsigned int fmha_float_as_bits(float f) { return __float_as_uint(f); }
