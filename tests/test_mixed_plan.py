@@ -202,6 +202,13 @@ def test_candidates_put_wgmma_first_then_the_smallest_mma_tile_and_separate_last
     assert [tag for tag, _ in mixed_candidates(serving([100], [700, 80]), "sm_80")][0] == "persistent-q64k64w4"
 
 
+def test_prefill_only_batches_take_the_separate_launch_first():
+    """One grid launch of the prefill part (the warp-specialised tile) ahead of the persistent kernel."""
+    assert mixed_candidates(serving([4096], []), "sm_90a")[0][0] == SEPARATE_TAG
+    assert mixed_candidates(serving([4096, 300], []), "sm_90a")[0][0] == SEPARATE_TAG
+    assert mixed_candidates(serving([], [4096] * 8), "sm_90a")[0][0] == "persistent-q128k128"   # decodes only
+
+
 def test_arches_without_mma_run_the_separate_launches_and_fp8_runs_only_on_wgmma():
     assert [tag for tag, _ in mixed_candidates(serving([100], [700]), "gfx942")] == [SEPARATE_TAG]
     interleaved_fp8 = serving([100], [700, 9], dtype="fp8_e4m3fn", seqlen_q=[1, 100, 1], seqlen_k=[700, 100, 9])
