@@ -123,68 +123,19 @@ constexpr int kThreadsPerRow = kThreads / kBN;
 constexpr int kMinBlocks = kBM <= 32 && 2 * (kSmemBytes + 1024) <= 228 * 1024 ? 2 : 1;
 
 /* ------------------------------------------------------------------ loads */
-/* 16 fp8 values -> two 16-byte chunks of bf16 (exact). */
-FMHA_DEVICE void widen_fp8_chunk(Half* lo, Half* hi, const unsigned char* src)
-{
-    const Vec<unsigned, 4> words = *(const Vec<unsigned, 4>*)src;
-    Vec<unsigned, 4> out[2];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const unsigned word = words.v[i / 2] >> (16 * (i % 2));
-        out[i / 4].v[i % 4] = mma_bf16::pack(fmha_fp8_e4m3fn_to_float(word & 0xffu),
-                                             fmha_fp8_e4m3fn_to_float((word >> 8) & 0xffu));
-    }
-    *(Vec<unsigned, 4>*)lo = out[0];
-    *(Vec<unsigned, 4>*)hi = out[1];
-}
-
-/* The block's Q rows m0.. into the swizzled [kBM][kDq] tile; rows past the sequence are zero. */
-FMHA_DEVICE void load_q(Half* sq, const FmhaParams& p, int b, int q_first, int m0, int rows)
-{
-    const Stored* q = (const Stored*)p.q;
-    for (int c = threadIdx.x; c < kBM * kRowChunks; c += kThreads) {
-        const int r = c / kRowChunks, chunk = c % kRowChunks, m = m0 + r;
-        const bool present = m < rows;
-        const Stored* src = q;
-        if (present)   /* one KV head: every query head h = m % Hq reads it */
-            src = q + b * p.q_batch_stride + (m % p.nhead_q) * p.q_head_stride +
-                  (i64)(q_first + m / p.nhead_q) * p.q_row_stride + chunk * kChunkElems;
-        if (!kFp8) {
-            copy16_async(sq + swizzle<kDq>(r, chunk), src, present);
-        } else if (present) {
-            widen_fp8_chunk(sq + swizzle<kDq>(r, 2 * chunk), sq + swizzle<kDq>(r, 2 * chunk + 1),
-                            (const unsigned char*)src);
-        } else {
-            *(Vec<unsigned, 4>*)(sq + swizzle<kDq>(r, 2 * chunk)) = Vec<unsigned, 4>{{0u, 0u, 0u, 0u}};
-            *(Vec<unsigned, 4>*)(sq + swizzle<kDq>(r, 2 * chunk + 1)) = Vec<unsigned, 4>{{0u, 0u, 0u, 0u}};
-        }
-    }
-}
+/* The 16-bit tiles' layout (Q, the 16-bit stages, the widened tile): swizzled [rows][kDq]. */
+struct TileAt {
+    FMHA_DEVICE int operator()(int r, int chunk) const { return swizzle<kDq>(r, chunk); }
+};
 
 /* Keys j0.. of the latent cache into a stage: kThreadsPerRow threads per key, one page lookup
    each; 16-bit rows swizzled, fp8 rows as stored (widened later). */
 FMHA_DEVICE void load_tile_async(unsigned char* stage, const FmhaParams& p, const KvSequence& kv, int j0)
 {
     const int r = threadIdx.x / kThreadsPerRow;
-    int page, slot;
-    locate_key<true>(p, kv, j0 + r, page, slot);
-    const bool present = page >= 0;
-    const Stored* base = (const Stored*)p.k;
-    const Stored* row = present ? base + page * p.k_page_stride + slot * p.k_row_stride : base;
-    for (int chunk = threadIdx.x % kThreadsPerRow; chunk < kRowChunks; chunk += kThreadsPerRow) {
-        void* dst = kFp8 ? (void*)(stage + r * kDq + chunk * 16) : (void*)((Half*)stage + swizzle<kDq>(r, chunk));
-        copy16_async(dst, present ? row + chunk * kChunkElems : base, present);
-    }
-}
-
-FMHA_DEVICE void widen_tile(Half* wide, const unsigned char* stage)
-{
-    constexpr int kFp8Chunks = kDq / 16;
-    for (int c = threadIdx.x; c < kBN * kFp8Chunks; c += kThreads) {
-        const int r = c / kFp8Chunks, chunk = c % kFp8Chunks;
-        widen_fp8_chunk(wide + swizzle<kDq>(r, 2 * chunk), wide + swizzle<kDq>(r, 2 * chunk + 1),
-                        stage + r * kDq + chunk * 16);
-    }
+    const CacheRow<Stored> row(p, kv, j0 + r);
+    for (int chunk = threadIdx.x % kThreadsPerRow; chunk < kRowChunks; chunk += kThreadsPerRow)
+        row.copy<kDq>(stage, TileAt(), r, chunk);
 }
 
 /* ------------------------------------------------------------------ one block */
@@ -199,36 +150,17 @@ FMHA_DEVICE void mla_decode(const FmhaParams& p, unsigned char* smem)
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int g = lane / 4, q4 = lane % 4;
-    const int b = blockIdx.z;
-    const int group = p.nhead_q;   /* query heads per KV head: all of them */
-    const bool split_kv = kSplitKv && p.num_splits > 1;
-    const int num_splits = split_kv ? p.num_splits : 1;
-    const int split = blockIdx.x % num_splits;
-    int q_first = 0, seqlen_q = p.max_seqlen_q;
-    if (p.group_mode) {
-        const int* seqstart = (const int*)p.seqstart_q;
-        q_first = seqstart[b];
-        seqlen_q = seqstart[b + 1] - q_first;
-    }
-    const int rows = seqlen_q * group;
-    const int m0 = blockIdx.x / num_splits * kBM;
-    if (m0 >= rows) return;   /* uniform over the block */
-
-    const KvSequence kv = kv_sequence<true>(p, b, 0);
-    const MaskSpec mask = mask_for_kv_head(p, 0, seqlen_q, kv.length);
-    const int split_width = (kv.length + num_splits - 1) / num_splits;
-    const int key_begin = imin(split * split_width, kv.length);
-    const int key_end = imin(key_begin + split_width, kv.length);
-    const KeyTiles<kBN> tiles(mask, m0 / group, (imin(m0 + kBM, rows) - 1) / group);
-    const TileList<kBN> list(tiles, key_begin, key_end);
-    const int num_tiles = list.count;
+    const MlaRowTile rt(p, kBM, kSplitKv);
+    if (rt.empty()) return;   /* uniform over the block */
+    const MlaBlock<kBN> blk(p, rt);
+    const int num_tiles = blk.list.count;
     auto stage_at = [&](int t) { return stages + (t % kStages) * kStageBytes; };
 
     /* Q and the first STAGES - 1 tiles; copy group s holds tile s (group 0 also Q). */
-    load_q(sq, p, b, q_first, m0, rows);
+    load_q<kBM, kDq, kThreads, Stored, Mma>(sq, TileAt(), p, blk);
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
-        if (s < num_tiles) load_tile_async(stage_at(s), p, kv, list.first_key(s));
+        if (s < num_tiles) load_tile_async(stage_at(s), p, blk.kv, blk.list.first_key(s));
         commit_copies();
     }
 
@@ -239,9 +171,9 @@ FMHA_DEVICE void mla_decode(const FmhaParams& p, unsigned char* smem)
     /* Softmax roles: row red_row of the block, keys [red_key, red_key + kKeysPerLane) of each tile. */
     const int red_row = warp * kRowsPerWarp + lane / kLanesPerRow;
     const int red_key = lane % kLanesPerRow * kKeysPerLane;
-    const int red_m = m0 + red_row;
+    const int red_m = blk.m0 + red_row;
     int row_lo, row_hi, row_sink;
-    mask.bounds(imin(red_m, rows - 1) / group, row_lo, row_hi, row_sink);
+    blk.row_bounds(red_m, row_lo, row_hi, row_sink);
     float row_max = -FMHA_INF, row_sum = 0.f;   /* row_sum: this lane's share */
     /* PV roles: O columns [col0, col0 + kOCols) of every row. */
     const int col0 = warp * kOCols;
@@ -253,11 +185,8 @@ FMHA_DEVICE void mla_decode(const FmhaParams& p, unsigned char* smem)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.f;
 
-    /* Logits stay raw Q.K (or c log2(e) tanh(.) with a soft cap c); `mul` takes them to base 2
-       inside the exponent's FFMA. */
-    const float cap = p.soft_cap;
-    const float cap_in = cap > 0.f ? p.scale * p.q_descale * p.k_descale / cap : 0.f, cap_log2 = cap * FMHA_LOG2E;
-    const float mul = cap > 0.f ? 1.f : p.scale_log2;
+    const LogitScale logit(p);
+    const float mul = logit.mul;
 
     for (int t = 0; t < num_tiles; ++t) {
         /* 1. Tile t is in; every warp is done with tile t - 1, so its stage, the partials and P
@@ -265,15 +194,15 @@ FMHA_DEVICE void mla_decode(const FmhaParams& p, unsigned char* smem)
         wait_copies<kStages - 2>();
         fmha_barrier();
         if (t + kStages - 1 < num_tiles)
-            load_tile_async(stage_at(t + kStages - 1), p, kv, list.first_key(t + kStages - 1));
+            load_tile_async(stage_at(t + kStages - 1), p, blk.kv, blk.list.first_key(t + kStages - 1));
         commit_copies();
         const Half* kt = (const Half*)stage_at(t);
         if (kFp8) {
-            widen_tile(wide, stage_at(t));
+            widen_tile<kBN, kDq, kThreads, Mma>(wide, TileAt(), stage_at(t));
             fmha_barrier();
             kt = wide;
         }
-        const int j0 = list.first_key(t);
+        const int j0 = blk.list.first_key(t);
 
         /* 2. Partial S of this warp's piece. */
         {
@@ -329,15 +258,13 @@ FMHA_DEVICE void mla_decode(const FmhaParams& p, unsigned char* smem)
 #pragma unroll
                     for (int i = 0; i < kW; ++i) x[e + i] += v.v[i];
                 }
-            const bool all_visible = tiles.all_visible(j0) && (!split_kv || (j0 >= key_begin && j0 + kBN <= key_end));
+            const bool all_visible = blk.all_visible(j0);
             float tile_max = -FMHA_INF;
 #pragma unroll
             for (int e = 0; e < kKeysPerLane; ++e) {
-                float v = x[e];
-                if (cap > 0.f) v = tanhf(v * cap_in) * cap_log2;
+                float v = logit.soft_cap(x[e]);
                 const int j = j0 + red_key + e;
-                const bool in_split = !split_kv || (j >= key_begin && j < key_end);
-                if (!all_visible && !(in_split && visible(j, row_lo, row_hi, row_sink))) v = -FMHA_INF;
+                if (!all_visible && !(blk.in_split(j) && visible(j, row_lo, row_hi, row_sink))) v = -FMHA_INF;
                 x[e] = v;
                 tile_max = fmaxf(tile_max, v);
             }
@@ -400,15 +327,12 @@ FMHA_DEVICE void mla_decode(const FmhaParams& p, unsigned char* smem)
     float sum = row_sum;
 #pragma unroll
     for (int o = kLanesPerRow / 2; o > 0; o /= 2) sum += fmha_shfl_xor(sum, o);
-    float* lse = split_kv ? (float*)p.lse_acc + split * p.lse_acc_split_stride : (float*)p.lse;
     if (red_key == 0) {
         float factor = 0.f;
-        if (red_m < rows) {
-            const int head = red_m % group;
+        if (red_m < blk.rows) {
             float row_lse;
-            factor = finish_row(p, head, row_max * mul, sum, !split_kv, p.k_descale, row_lse);
-            if (p.has_lse || split_kv)
-                lse[b * p.lse_batch_stride + head * p.lse_head_stride + q_first + red_m / group] = row_lse;
+            factor = finish_row(p, blk.head(red_m), row_max * mul, sum, !blk.split_kv, p.k_descale, row_lse);
+            blk.store_lse(p, red_m, row_lse);
         }
         row_scale[red_row] = factor;
     }
@@ -418,22 +342,10 @@ FMHA_DEVICE void mla_decode(const FmhaParams& p, unsigned char* smem)
     for (int mt = 0; mt < kOM; ++mt)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const int row = mt * 16 + g + 8 * h, m = m0 + row;
-            if (m >= rows) continue;
+            const int row = mt * 16 + g + 8 * h, m = blk.m0 + row;
+            if (m >= blk.rows) continue;
             const float f = row_scale[row];
-            const i64 at = b * p.o_batch_stride + (m % group) * p.o_head_stride +
-                           (i64)(q_first + m / group) * p.o_row_stride + col0 + 2 * q4;
-            if (split_kv) {   /* fp32 partial, O's element offsets */
-                float* dst = (float*)p.o_acc + split * p.o_acc_split_stride + at;
-#pragma unroll
-                for (int nt = 0; nt < kON; ++nt)
-                    *(Vec<float, 2>*)(dst + nt * 8) = Vec<float, 2>{{acc[mt][nt][2 * h] * f, acc[mt][nt][2 * h + 1] * f}};
-            } else {
-                Half* dst = (Half*)p.o + at;
-#pragma unroll
-                for (int nt = 0; nt < kON; ++nt)
-                    *(unsigned*)(dst + nt * 8) = Mma::pack(acc[mt][nt][2 * h] * f, acc[mt][nt][2 * h + 1] * f);
-            }
+            blk.store_o<kON, Mma>(p, m, col0, [&](int nt, int e) { return acc[mt][nt][2 * h + e] * f; });
         }
 }
 

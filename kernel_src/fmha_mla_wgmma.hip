@@ -164,52 +164,11 @@ FMHA_DEVICE int warpgroup_index()
 }
 
 /* ------------------------------------------------------------------ loads */
-/* Two e4m3fn codes (first in the low byte) -> two fp16 values (first in the low half), exactly. */
-FMHA_DEVICE unsigned fp8x2_to_fp16x2(unsigned short codes)
-{
-#if defined(FMHA_CUDA)
-    unsigned r;
-    asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(r) : "h"(codes));
-    return r;
-#else
-    return mma_fp16::pack(fmha_fp8_e4m3fn_to_float(codes & 0xffu), fmha_fp8_e4m3fn_to_float(codes >> 8));
-#endif
-}
-
-/* 16 e4m3fn codes -> two 16-byte chunks of fp16. */
-FMHA_DEVICE void widen_fp8_chunk_fp16(Half* lo, Half* hi, const unsigned char* src)
-{
-    const Vec<unsigned, 4> words = *(const Vec<unsigned, 4>*)src;
-    Vec<unsigned, 4> out[2];
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-        out[i / 4].v[i % 4] = fp8x2_to_fp16x2((unsigned short)(words.v[i / 2] >> (16 * (i % 2))));
-    *(Vec<unsigned, 4>*)lo = out[0];
-    *(Vec<unsigned, 4>*)hi = out[1];
-}
-
-/* The block's Q rows m0.. into the swizzled [kBM][kDq] tile; rows past the sequence are zero. */
-FMHA_DEVICE void load_q(Half* sq, const FmhaParams& p, int b, int q_first, int m0, int rows)
-{
-    const Stored* q = (const Stored*)p.q;
-    for (int c = threadIdx.x; c < kBM * kRowChunks; c += kThreads) {
-        const int r = c / kRowChunks, chunk = c % kRowChunks, m = m0 + r;
-        const bool present = m < rows;
-        const Stored* src = q;
-        if (present)   /* one KV head: every query head h = m % Hq reads it */
-            src = q + b * p.q_batch_stride + (m % p.nhead_q) * p.q_head_stride +
-                  (i64)(q_first + m / p.nhead_q) * p.q_row_stride + chunk * kChunkElems;
-        if (!kFp8) {
-            copy16_async(sq + sw128<kBM>(r, chunk), src, present);
-        } else if (present) {
-            widen_fp8_chunk_fp16(sq + sw128<kBM>(r, 2 * chunk), sq + sw128<kBM>(r, 2 * chunk + 1),
-                                 (const unsigned char*)src);
-        } else {
-            *(Vec<unsigned, 4>*)(sq + sw128<kBM>(r, 2 * chunk)) = Vec<unsigned, 4>{{0u, 0u, 0u, 0u}};
-            *(Vec<unsigned, 4>*)(sq + sw128<kBM>(r, 2 * chunk + 1)) = Vec<unsigned, 4>{{0u, 0u, 0u, 0u}};
-        }
-    }
-}
+/* The 16-bit tiles' layout: the 128-byte swizzle of a [Rows][kDq] tile (fmha_wgmma.h). */
+template <int Rows>
+struct Sw128At {
+    FMHA_DEVICE int operator()(int r, int chunk) const { return sw128<Rows>(r, chunk); }
+};
 
 /* The key tiles' copier: thread i copies 16-byte chunks i % 8, i % 8 + 8, ... of rows i / 8 and
    i / 8 + 32 of every tile, so its shared-memory offsets are the same in every tile (both rows
@@ -223,35 +182,19 @@ struct TileCopier {
 
     FMHA_DEVICE void load(unsigned char* stage, const FmhaParams& p, const KvSequence& kv, int j0) const
     {
-        const Stored* base = (const Stored*)p.k;
 #pragma unroll
         for (int i = 0; i < kRows; ++i) {
             const int r = r0 + i * kRowStep;
-            int page, slot;
-            locate_key<true>(p, kv, j0 + r, page, slot);
-            const bool present = page >= 0;
-            const Stored* row = present ? base + page * p.k_page_stride + slot * p.k_row_stride : base;
+            const CacheRow<Stored> row(p, kv, j0 + r);
 #pragma unroll
             for (int pass = 0; pass < kPasses; ++pass) {
                 const int chunk = c8 + 8 * pass;
                 if (kRowChunks % 8 != 0 && chunk >= kRowChunks) break;
-                void* dst = kFp8 ? (void*)(stage + r * kDq + chunk * 16) : (void*)((Half*)stage + sw128<kBN>(r, chunk));
-                copy16_async(dst, present ? row + chunk * kChunkElems : base, present);
+                row.copy<kDq>(stage, Sw128At<kBN>(), r, chunk);
             }
         }
     }
 };
-
-/* fp8: a stage as stored -> the swizzled fp16 tile wgmma reads. */
-FMHA_DEVICE void widen_tile(Half* wide, const unsigned char* stage)
-{
-    constexpr int kFp8Chunks = kDq / 16;
-    for (int c = threadIdx.x; c < kBN * kFp8Chunks; c += kThreads) {
-        const int r = c / kFp8Chunks, chunk = c % kFp8Chunks;
-        widen_fp8_chunk_fp16(wide + sw128<kBN>(r, 2 * chunk), wide + sw128<kBN>(r, 2 * chunk + 1),
-                             stage + r * kDq + chunk * 16);
-    }
-}
 
 /* ------------------------------------------------------------------ one block */
 FMHA_DEVICE void mla_wgmma(const FmhaParams& p, unsigned char* smem)
@@ -266,42 +209,23 @@ FMHA_DEVICE void mla_wgmma(const FmhaParams& p, unsigned char* smem)
 
     const int tid = threadIdx.x, wg = warpgroup_index(), t = tid % kWgThreads, lane = tid % 32;
     const int q4 = lane % 4, row0 = 16 * (t / 32) + lane / 4;   /* this thread's rows: row0, row0 + 8 */
-    const int b = blockIdx.z;
-    const int group = p.nhead_q;   /* query heads per KV head: all of them */
-    const bool split_kv = kSplitKv && p.num_splits > 1;
-    const int num_splits = split_kv ? p.num_splits : 1;
-    const int split = blockIdx.x % num_splits;
-    int q_first = 0, seqlen_q = p.max_seqlen_q;
-    if (p.group_mode) {
-        const int* seqstart = (const int*)p.seqstart_q;
-        q_first = seqstart[b];
-        seqlen_q = seqstart[b + 1] - q_first;
-    }
-    const int rows = seqlen_q * group;
-    const int m0 = blockIdx.x / num_splits * kBM;
-    if (m0 >= rows) return;   /* uniform over the block */
-
-    const KvSequence kv = kv_sequence<true>(p, b, 0);
-    const MaskSpec mask = mask_for_kv_head(p, 0, seqlen_q, kv.length);
-    const int split_width = (kv.length + num_splits - 1) / num_splits;
-    const int key_begin = imin(split * split_width, kv.length);
-    const int key_end = imin(key_begin + split_width, kv.length);
-    const KeyTiles<kBN> tiles(mask, m0 / group, (imin(m0 + kBM, rows) - 1) / group);
-    const TileList<kBN> list(tiles, key_begin, key_end);
-    const int num_tiles = list.count;
+    const MlaRowTile rt(p, kBM, kSplitKv);
+    if (rt.empty()) return;   /* uniform over the block */
+    const MlaBlock<kBN> blk(p, rt);
+    const int num_tiles = blk.list.count;
     auto stage_at = [&](int tile) { return stages + (tile & 1) * kStageBytes; };
 
     /* Q and tile 0 in one copy group. */
     const TileCopier copier;
-    load_q(sq, p, b, q_first, m0, rows);
-    if (num_tiles > 0) copier.load(stage_at(0), p, kv, list.first_key(0));
+    load_q<kBM, kDq, kThreads, Stored, Pack>(sq, Sw128At<kBM>(), p, blk);
+    if (num_tiles > 0) copier.load(stage_at(0), p, blk.kv, blk.list.first_key(0));
     commit_copies();
 
     int row_lo[2], row_hi[2], row_sink[2];
     float row_max[2], row_sum[2];   /* row_sum: over this warpgroup's keys */
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-        mask.bounds(imin(m0 + row0 + 8 * h, rows - 1) / group, row_lo[h], row_hi[h], row_sink[h]);
+        blk.row_bounds(blk.m0 + row0 + 8 * h, row_lo[h], row_hi[h], row_sink[h]);
         row_max[h] = -FMHA_INF;
         row_sum[h] = 0.f;
     }
@@ -309,11 +233,8 @@ FMHA_DEVICE void mla_wgmma(const FmhaParams& p, unsigned char* smem)
 #pragma unroll
     for (int i = 0; i < kOCols / 2; ++i) acc[i] = 0.f;
 
-    /* Logits stay raw Q.K (or c log2(e) tanh(.) with a soft cap c); `mul` takes them to base 2
-       inside the exponent's FFMA. */
-    const float cap = p.soft_cap;
-    const float cap_in = cap > 0.f ? p.scale * p.q_descale * p.k_descale / cap : 0.f, cap_log2 = cap * FMHA_LOG2E;
-    const float mul = cap > 0.f ? 1.f : p.scale_log2;
+    const LogitScale logit(p);
+    const float mul = logit.mul;
     const unsigned long long q_desc = kmajor_descriptor<kBM>(sq, 0, wg);   /* this warpgroup's first k16 step */
 
     for (int tile = 0; tile < num_tiles; ++tile) {
@@ -324,7 +245,7 @@ FMHA_DEVICE void mla_wgmma(const FmhaParams& p, unsigned char* smem)
         fmha_barrier();
         const Half* kt = (const Half*)stage_at(tile);
         if (kFp8) {
-            widen_tile(wide, stage_at(tile));
+            widen_tile<kBN, kDq, kThreads, Pack>(wide, Sw128At<kBN>(), stage_at(tile));
             wg::fence_async_shared();
             fmha_barrier();
             kt = wide;
@@ -339,7 +260,7 @@ FMHA_DEVICE void mla_wgmma(const FmhaParams& p, unsigned char* smem)
         for (int kk = 0; kk < kHalfSteps; ++kk)   /* step 2 kk + wg: (2 kk) % 4 is 0 or 2, so wg stays in its block */
             MmaS::ss(s, q_desc + kmajor_advance<kBM>(2 * kk), k_desc + kmajor_advance<kBN>(2 * kk), kk > 0);
         wg::wgmma_commit();
-        if (tile + 1 < num_tiles) copier.load(stage_at(tile + 1), p, kv, list.first_key(tile + 1));
+        if (tile + 1 < num_tiles) copier.load(stage_at(tile + 1), p, blk.kv, blk.list.first_key(tile + 1));
         commit_copies();
         wg::wgmma_wait<0>();
         wg::touch_registers(s);
@@ -373,21 +294,19 @@ FMHA_DEVICE void mla_wgmma(const FmhaParams& p, unsigned char* smem)
         for (int i = 0; i < kOwn; ++i) x[i] = wg == 0 ? s[i] : s[kOwn + i];
 
         /* 3b. Soft cap, mask, this warpgroup's tile maximum per row; the block's through `stats`. */
-        const int j0 = list.first_key(tile);
-        const bool all_visible = tiles.all_visible(j0) && (!split_kv || (j0 >= key_begin && j0 + kBN <= key_end));
+        const int j0 = blk.list.first_key(tile);
+        const bool all_visible = blk.all_visible(j0);
         const int key0 = j0 + wg * (kBN / 2) + 2 * q4;
         float tile_max[2] = {-FMHA_INF, -FMHA_INF};
-        if (all_visible && !(cap > 0.f)) {   /* the common tile: no per-key work (a uniform branch) */
+        if (all_visible && !logit.capped()) {   /* the common tile: no per-key work (a uniform branch) */
 #pragma unroll
             for (int i = 0; i < kOwn; ++i) tile_max[(i / 2) % 2] = fmaxf(tile_max[(i / 2) % 2], x[i]);
         } else {
 #pragma unroll
             for (int i = 0; i < kOwn; ++i) {
                 const int h = (i / 2) % 2, j = key0 + 8 * (i / 4) + i % 2;
-                float v = x[i];
-                if (cap > 0.f) v = tanhf(v * cap_in) * cap_log2;
-                const bool in_split = !split_kv || (j >= key_begin && j < key_end);
-                if (!all_visible && !(in_split && visible(j, row_lo[h], row_hi[h], row_sink[h]))) v = -FMHA_INF;
+                float v = logit.soft_cap(x[i]);
+                if (!all_visible && !(blk.in_split(j) && visible(j, row_lo[h], row_hi[h], row_sink[h]))) v = -FMHA_INF;
                 x[i] = v;
                 tile_max[h] = fmaxf(tile_max[h], v);
             }
@@ -463,30 +382,15 @@ FMHA_DEVICE void mla_wgmma(const FmhaParams& p, unsigned char* smem)
     }
     fmha_barrier();
 
-    float* lse = split_kv ? (float*)p.lse_acc + split * p.lse_acc_split_stride : (float*)p.lse;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-        const int row = row0 + 8 * h, m = m0 + row;
-        if (m >= rows) continue;
-        const int head = m % group;
+        const int row = row0 + 8 * h, m = blk.m0 + row;
+        if (m >= blk.rows) continue;
         float row_lse;
-        const float f =
-            finish_row(p, head, row_max[h] * mul, stats[row] + stats[kBM + row], !split_kv, p.k_descale, row_lse);
-        if (wg == 0 && q4 == 0 && (p.has_lse || split_kv))
-            lse[b * p.lse_batch_stride + head * p.lse_head_stride + q_first + m / group] = row_lse;
-        const i64 at = b * p.o_batch_stride + head * p.o_head_stride + (i64)(q_first + m / group) * p.o_row_stride +
-                       wg * kOCols + 2 * q4;
-        if (split_kv) {   /* fp32 partial, O's element offsets */
-            float* dst = (float*)p.o_acc + split * p.o_acc_split_stride + at;
-#pragma unroll
-            for (int nt = 0; nt < kOCols / 8; ++nt)
-                *(Vec<float, 2>*)(dst + nt * 8) = Vec<float, 2>{{acc[4 * nt + 2 * h] * f, acc[4 * nt + 2 * h + 1] * f}};
-        } else {
-            Half* dst = (Half*)p.o + at;
-#pragma unroll
-            for (int nt = 0; nt < kOCols / 8; ++nt)
-                *(unsigned*)(dst + nt * 8) = OutPack::pack(acc[4 * nt + 2 * h] * f, acc[4 * nt + 2 * h + 1] * f);
-        }
+        const float f = finish_row(p, blk.head(m), row_max[h] * mul, stats[row] + stats[kBM + row], !blk.split_kv,
+                                   p.k_descale, row_lse);
+        if (wg == 0 && q4 == 0) blk.store_lse(p, m, row_lse);
+        blk.store_o<kOCols / 8, OutPack>(p, m, wg * kOCols, [&](int nt, int e) { return acc[4 * nt + 2 * h + e] * f; });
     }
 }
 

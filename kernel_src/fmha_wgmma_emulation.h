@@ -11,13 +11,17 @@
 
    Each instruction computes its result when issued (fence, commit and wait do nothing) from this
    model of the hardware, the facts fmha_wgmma.h documents:
+   - one instruction covers 32 bytes of each operand row: m64nNk16 for the 16-bit types,
+     m64nNk32 for e4m3 (fmha_fwd_wgmma.hip's fp8 instances);
    - descriptor: bits [0,14) start address >> 4, [16,30) LBO >> 4, [32,46) SBO >> 4, [62,64) = 1
      (128-byte swizzle; other modes are refused);
-   - K-major operand element (row r, k): start + (r / 8) SBO + (r % 8) 128 + 2 k;
-     N-major B element (k, n): start + (n / 64) LBO + (k / 8) SBO + (k % 8) 128 + 2 (n % 64);
+   - K-major operand element (row r, k) of b bytes: start + (r / 8) SBO + (r % 8) 128 + b k;
+     N-major B element (k, n), 16-bit only (wgmma transposes no 8-bit operand, so rs() takes an
+     e4m3 B K-major): start + (n / 64) LBO + (k / 8) SBO + (k % 8) 128 + 2 (n % 64);
      then address bits [4,7) ^= bits [7,10) (the shared memory is 1024-byte aligned);
-   - A from registers: warp w of the warpgroup holds rows 16 w .. 16 w + 15 in mma.m16n8k16's A
-     layout (lane 4 g + q: A[g][2q..], A[g+8][2q..], A[g][2q+8..], A[g+8][2q+8..]);
+   - A from registers: warp w of the warpgroup holds rows 16 w .. 16 w + 15 in mma.m16n8k16's
+     (16-bit) or mma.m16n8k32's (e4m3) A layout: lane 4 g + q, register j holds
+     A[g + 8 (j % 2)][4 / b (q + 4 (j / 2)) ..], 4 / b elements, the first in the low bits;
    - D: warp w, lane 4 g + q, element i: row 16 w + g + 8 ((i / 2) % 2), column 8 (i / 4) + 2 q + i % 2.
    rs() exchanges A fragments among the 128 threads of the caller's warpgroup (threadIdx.x / 128)
    at warpgroup barriers, so every thread of a warpgroup must issue the same sequence of rs()
@@ -71,19 +75,33 @@ struct Descriptor {
         std::memcpy(&v, g_shared_base + swizzled, 2);
         return v;
     }
-    unsigned short kmajor(int row, int k) const { return at(start + row / 8 * sbo + row % 8 * 128 + 2 * k); }
+    /* The bits of K-major element (row, k) of `Bytes` bytes (an 8-bit one in the low byte). */
+    template <int Bytes>
+    unsigned kmajor(int row, int k) const
+    {
+        const unsigned address = start + row / 8 * sbo + row % 8 * 128 + Bytes * k;
+        const unsigned short pair = at(address & ~1u);   /* the swizzle moves address bits 4-6 only */
+        return address & 1u ? pair >> 8 : pair;
+    }
     unsigned short nmajor(int k, int n) const
     {
         return at(start + n / 64 * lbo + k / 8 * sbo + k % 8 * 128 + 2 * (n % 64));
     }
 };
 
+/* An operand type's element size, and the value of an element's bits (higher bits ignored). */
 template <class Type>
-float decode(unsigned short bits);
+constexpr int kElementBytes = 2;
 template <>
-inline float decode<wg_fp16>(unsigned short bits) { return fmha_fp16_to_float(bits); }
+constexpr int kElementBytes<wg_e4m3> = 1;
+template <class Type>
+float decode(unsigned bits);
 template <>
-inline float decode<wg_bf16>(unsigned short bits) { return fmha_bf16_to_float(bits); }
+inline float decode<wg_fp16>(unsigned bits) { return fmha_fp16_to_float((unsigned short)bits); }
+template <>
+inline float decode<wg_bf16>(unsigned bits) { return fmha_bf16_to_float((unsigned short)bits); }
+template <>
+inline float decode<wg_e4m3>(unsigned bits) { return fmha_fp8_e4m3fn_to_float((unsigned char)bits); }
 
 /* Where this thread's accumulator element i sits in the 64 x N result. */
 inline void d_position(int i, int& row, int& col)
@@ -137,25 +155,28 @@ struct RegisterA {
 
 template <class Type, int N>
 struct WgmmaOps {
+    static constexpr int kBytes = kElementBytes<Type>, K = 32 / kBytes, kPerWord = 4 / kBytes;
+
     /* D (+)= A B, A and B K-major in shared memory. */
     static void ss(float* d, unsigned long long a, unsigned long long b, int accumulate)
     {
         const Descriptor da(a), db(b);
-        accumulate_products<N, 16>(d, accumulate, [&](int row, int k) { return decode<Type>(da.kmajor(row, k)); },
-                                   [&](int k, int col) { return decode<Type>(db.kmajor(col, k)); });
+        accumulate_products<N, K>(d, accumulate,
+                                  [&](int row, int k) { return decode<Type>(da.kmajor<kBytes>(row, k)); },
+                                  [&](int k, int col) { return decode<Type>(db.kmajor<kBytes>(col, k)); });
     }
-    /* D (+)= A B, A in registers, B N-major in shared memory. */
+    /* D (+)= A B, A in registers, B in shared memory: N-major (16-bit) or K-major (e4m3). */
     static void rs(float* d, const unsigned* a, unsigned long long b, int accumulate)
     {
         const Descriptor db(b);   /* before the exchange: its error must not unwind through ~RegisterA */
         const RegisterA ra(a);
-        accumulate_products<N, 16>(
+        accumulate_products<N, K>(
             d, accumulate,
             [&](int row, int k) {
-                const unsigned word = ra.word(row, (k % 8) / 2, k >= 8);
-                return decode<Type>((unsigned short)(k % 2 ? word >> 16 : word));
+                const unsigned word = ra.word(row, k % (K / 2) / kPerWord, k >= K / 2);
+                return decode<Type>(word >> 8 * kBytes * (k % kPerWord));
             },
-            [&](int k, int col) { return decode<Type>(db.nmajor(k, col)); });
+            [&](int k, int col) { return decode<Type>(kBytes == 2 ? db.nmajor(k, col) : db.kmajor<1>(col, k)); });
     }
 };
 
@@ -167,46 +188,8 @@ template <int N>
 inline void touch_registers(float (&)[N]) {}
 inline void fence_async_shared() {}
 
-/* ------------------------------------------------------------------ 8-bit operands (e4m3)
-   Added for fmha_fwd_wgmma.hip's fp8 instances (helper fp8-wgmma), the same model for
-   wgmma.mma_async m64nNk32 .f32.e4m3.e4m3:
-   - K-major operand element (row r, k): one byte at start + (r / 8) SBO + (r % 8) 128 + k, then
-     the swizzle above; there is no N-major form (wgmma transposes no 8-bit operand);
-   - A from registers: warp w of the warpgroup holds rows 16 w .. 16 w + 15 in mma.m16n8k32's A
-     layout: lane 4 g + q, register j, byte e: A[g + 8 (j % 2)][4 q + 16 (j / 2) + e];
-   - pack_e4m3x4 (cvt.rn.satfinite.e4m3x2.f32, twice) and byte_perm (prmt, selector nibbles 0..7:
-     the sign-replicating nibbles are not modelled) as fmha_wgmma.h's GPU versions. */
-inline unsigned char kmajor_byte(const Descriptor& d, int row, int k)
-{
-    const unsigned address = d.start + row / 8 * d.sbo + row % 8 * 128 + k;
-    const unsigned short pair = d.at(address & ~1u);   /* the swizzle moves address bits 4-6 only */
-    return (unsigned char)(address & 1u ? pair >> 8 : pair);
-}
-
-template <int N>
-struct WgmmaOps<wg_e4m3, N> {
-    /* D (+)= A B, A and B K-major in shared memory. */
-    static void ss(float* d, unsigned long long a, unsigned long long b, int accumulate)
-    {
-        const Descriptor da(a), db(b);
-        accumulate_products<N, 32>(
-            d, accumulate, [&](int row, int k) { return fmha_fp8_e4m3fn_to_float(kmajor_byte(da, row, k)); },
-            [&](int k, int col) { return fmha_fp8_e4m3fn_to_float(kmajor_byte(db, col, k)); });
-    }
-    /* D (+)= A B, A in registers, B K-major in shared memory. */
-    static void rs(float* d, const unsigned* a, unsigned long long b, int accumulate)
-    {
-        const Descriptor db(b);   /* before the exchange: its error must not unwind through ~RegisterA */
-        const RegisterA ra(a);
-        accumulate_products<N, 32>(
-            d, accumulate,
-            [&](int row, int k) {
-                return fmha_fp8_e4m3fn_to_float((unsigned char)(ra.word(row, (k % 16) / 4, k >= 16) >> 8 * (k % 4)));
-            },
-            [&](int k, int col) { return fmha_fp8_e4m3fn_to_float(kmajor_byte(db, col, k)); });
-    }
-};
-
+/* fp8 helpers, as fmha_wgmma.h's GPU versions: pack_e4m3x4 (cvt.rn.satfinite.e4m3x2.f32, twice)
+   and byte_perm (prmt, selector nibbles 0..7: the sign-replicating nibbles are not modelled). */
 inline unsigned pack_e4m3x4(float x0, float x1, float x2, float x3)
 {
     const auto code = [](float x) { return fmha_emu::float_to_e4m3(x, false, true); };   /* e4m3fn, satfinite */

@@ -36,7 +36,7 @@ extern "C" int smem_bytes() { return fmha::kSmemBytes; }
 MLA_EXTRAS = SMEM_BYTES + r"""
 extern "C" void widen_fp8(const unsigned char* codes, unsigned short* out)
 {
-    fmha::widen_fp8_chunk(out, out + 8, codes);
+    fmha::widen_fp8_chunk<fmha::Mma>(out, out + 8, codes);   /* to the kernel's 16-bit type */
 }
 """
 
