@@ -13,12 +13,12 @@
    step, and two such blocks per SM (BLOCK_K 64) hide each other's step latency. Also builds for
    the CPU emulation (-DFMHA_CPU_EMULATION, tests/test_wgmma_emulated.py, tests/test_mixed_emulated.py).
 
-   Warp-specialised instances (16-bit grid instances): a third warpgroup, the producer, does every
+   Warp-specialised instances (16-bit grid instances): an extra warpgroup, the producer, does every
    copy (Q once, then K_t and V_t into stage t % 2 as soon as the consumers released the stage's
-   previous tile; paged rows through its own row table) and gives its registers to the two
-   consumer warpgroups (setmaxnreg), which only wait on mbarriers (fmha_async_barrier.h): no
-   block barrier in the main loop, so the two consumers drift apart and one's softmax overlaps the
-   other's GEMMs (H100, fp16 hdim 128 8k: 449 -> 615 TFLOPS; NOTES.md, session 8).
+   previous tile; paged rows through its own row table) and gives its registers to the two (hdim
+   64: three) consumer warpgroups (setmaxnreg), which only wait on mbarriers
+   (fmha_async_barrier.h): no block barrier in the main loop, so the consumers drift apart and one's
+   softmax overlaps another's GEMMs (H100, fp16 hdim 128 8k: 449 -> 615 TFLOPS; NOTES.md, session 8).
 
    A block's attention is a work item (fmha_work_plan.h), as in fmha_fwd_mma.hip: entry
    fmha_fwd_wgmma(FmhaParams) runs the grid above (one item per block, every key, final output;
@@ -34,7 +34,7 @@
      on S's accumulator registers; O += P V with P from registers (rounded to the input type) and
      V from shared memory. Step t issues S_{t+1} and P_t V_t back to back and runs the softmax of
      tile t + 1 while P_t V_t is still on the tensor cores (FlashAttention-3's intra-warpgroup
-     overlap); O is rescaled just before P_t V_t is issued.
+     overlap); O is rescaled just before P_t V_t is issued, when the row maxima moved (kMaxSlackLog2).
    - K and V have two stages each, fetched one step ahead: K_{t+2} and V_{t+1} are issued right
      after step t's block barrier (the only one per step), which every warpgroup reaches only
      after it retired the previous readers of those stages.
