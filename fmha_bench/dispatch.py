@@ -107,11 +107,8 @@ def _least_waste_first(problem: Problem, found: list) -> list:
     if max(problem.seqlens_q()) * problem.group_size <= DECODE_ROWS or problem.num_splits != 1:
         return found   # decode-like points: _decode_first; splits: their own grid
     order = list(found)
-    area = {}
-    for tag, spec in order:
-        tile = (_block_q(spec), _block_k(spec))
-        if tile not in area:
-            area[tile] = computed_area(problem, *tile)
+    tiles = {(_block_q(spec), _block_k(spec)) for _, spec in order}
+    area = {tile: computed_area(problem, *tile) for tile in tiles}
     for i in range(len(order) - 1):
         mine, next_one = (area[(_block_q(spec), _block_k(spec))] for _, spec in order[i:i + 2])
         if mine > (1 + AREA_SLACK) * next_one:

@@ -3,8 +3,9 @@ sm_90a only; dense or paged K/V; fp16, bf16, fp8 e4m3fn): its candidate instance
 and its launch shape.
 
 Same FmhaParams (kernels.kernel_args) and grid (tile of query rows, KV head, sequence) as the
-other forward kernels; 64 query rows per warpgroup, two warpgroups per block (one in decode's
-tiles). Candidates come from the arch's `wgmma_tiles` in kernel_src/arch_specs.json, the default
+other forward kernels; 64 query rows per computing warpgroup, two per block (one in decode's
+tiles, three in hdim 64's warp-specialised 192-row tile), plus the producer warpgroup of a
+warp-specialised tile. Candidates come from the arch's `wgmma_tiles` in kernel_src/arch_specs.json, the default
 first; a tile serves the dtypes its `dtypes` list names (fp16 and bf16 when it names none).
 """
 from __future__ import annotations

@@ -157,10 +157,10 @@ def computed_area(problem: Problem, block_q: int, block_k: int) -> int:
     """Query-row x key products a kernel with these tiles computes, padding and masked parts of
     its visited tiles included (the dispatcher's measure of a tile's waste)."""
     per_sequence = {}   # batch mode repeats one (lengths, mask) per request and KV head
+    masks = [problem.mask_for_kv_head(kv_head) for kv_head in range(problem.nhead_k)]
     total = 0
     for sq, sk in zip(problem.seqlens_q(), problem.seqlens_k()):
-        for kv_head in range(problem.nhead_k):
-            mask = problem.mask_for_kv_head(kv_head)
+        for mask in masks:
             key = (sq, sk, mask)
             if key not in per_sequence:
                 _, _, sink, begin, end = _visited_tiles(mask, sq, sk, problem.group_size, block_q, block_k)
