@@ -21,6 +21,7 @@ from typing import Union
 
 from . import archs, kernels, kernels_mfma, kernels_mla, kernels_mma, kernels_wgmma
 from .build.instance import KernelSpec
+from .kernels_mixed import candidate_instances, every_instance, mixed_candidates, prefill_persistent_candidates
 from .mixed_plan import computed_area
 from .problem import Problem, ProblemError
 
@@ -34,7 +35,6 @@ def candidates(problem: Problem, arch: str) -> Union[list, str]:
     """[(tag, KernelSpec)] best first, or the reason no instance runs the problem."""
     # ---- family mixed (helper "mixed"): the persistent work-list launch, then `separate` (kernels_mixed.py)
     if problem.family == "mixed":
-        from .kernels_mixed import mixed_candidates
         return mixed_candidates(problem, arch)
     # ---- end family mixed
     portable = kernels.select_kernel(problem, arch)
@@ -48,8 +48,28 @@ def candidates(problem: Problem, arch: str) -> Union[list, str]:
     for family in families if problem.num_splits == 1 else families[:1]:
         tiles = family(problem, arch)
         if not isinstance(tiles, str):
-            found += _decode_first(problem, arch, _least_waste_first(problem, tiles))
+            tiles = _decode_first(problem, arch, _least_waste_first(problem, tiles))
+            before, after = _persistent_first(problem, tiles)
+            found += before + tiles + after
     return found + [(portable_tag(portable), portable)]
+
+
+# Prefill points whose longest sequence has at most this many keys take the persistent launch of the
+# warp-specialised tiles first (kernels_mixed.prefill_persistent_candidates): H100, fp16, against
+# the grid launch of the same tile, +0.2..+18% at every 512..4k point of perf_prefill measured
+# (hdim 64/128/256, causal and not); at 8k and 16k -3.1..+3.9%, so the grid launch keeps them
+# (NOTES.md, session 10).
+PERSISTENT_MAX_KEYS = 4096
+
+
+def _persistent_first(problem: Problem, tiles: list) -> list:
+    """Prefill points (one split, at most PERSISTENT_MAX_KEYS keys): the persistent instances of
+    the warp-specialised tiles among `tiles`, in their order, to go before them; other points
+    list them after all the tiles."""
+    if max(problem.seqlens_q()) * problem.group_size <= DECODE_ROWS or problem.num_splits != 1:
+        return [], []
+    persistent = prefill_persistent_candidates(problem, tiles)
+    return (persistent, []) if max(problem.seqlens_k()) <= PERSISTENT_MAX_KEYS else ([], persistent)
 
 
 def _mla_candidates(problem: Problem, arch: str, portable) -> Union[list, str]:
@@ -142,14 +162,14 @@ def instances_for(problems, arch_names) -> list[KernelSpec]:
         for problem in problems:
             # ---- family mixed (helper "mixed"): its candidates launch more than their own spec
             if problem.family == "mixed":
-                from .kernels_mixed import every_instance
                 found.update((spec, True) for spec in every_instance(problem, arch))
                 continue
             # ---- end family mixed
             specs = candidates(problem, arch)
             if isinstance(specs, str):
                 continue
-            found.update((spec, True) for _, spec in specs)
+            found.update((instance, True) for tag, spec in specs
+                         for instance in candidate_instances(problem, arch, tag, spec))
             for companion in (kernels.select_combine(problem, arch), kernels.select_append(problem, arch)):
                 if companion is not None:
                     found[companion] = True

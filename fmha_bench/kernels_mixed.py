@@ -9,6 +9,9 @@ cache). The dispatcher offers two ways to run such a point, so a sweep times the
   the plan split. Neither launch's shape nor its argument bytes depend on the batch composition
   (`mixed_args` leaves the length scalars out; lengths come from seqstart_q and the page tables),
   so one captured graph replays for any batch whose plan, tables and partials fit the buffers.
+  Prefill points of families fwd and paged get the same launch as a candidate
+  (`prefill_persistent_candidates`, the warp-specialised tiles only, plans without splits, so no
+  merge; dispatch.PERSISTENT_MAX_KEYS says when it goes first).
 - `separate` (provider `fmha:separate`, under --all-instances): the decode-like requests and the
   prefill requests, each part as a family paged problem through the dispatcher's own pick, in two
   launches on one stream over the same buffers: a part's FmhaParams is the batch's with the
@@ -21,7 +24,6 @@ dispatch.DECODE_ROWS, the rule by which the dispatcher gives decode points its s
 from __future__ import annotations
 
 import dataclasses
-import functools
 import struct
 from dataclasses import dataclass
 from typing import Union
@@ -48,8 +50,9 @@ PERSISTENT_ENTRIES = {kernels_wgmma.WGMMA_SOURCE: "fmha_fwd_wgmma_persistent",
 def mixed_candidates(problem: Problem, arch: str) -> Union[list, str]:
     """[(tag, KernelSpec)] for a family mixed problem, the dispatcher's pick first: the persistent
     instance of each wgmma tile in the table's order (sm_90a: prefill rows run twice as fast as on
-    mma.sync, and decode rows read K/V faster through its 128-key stages; the default two-warpgroup
-    tile first, since a mixed batch has prefill rows), then of each mma.sync tile (the smallest row
+    mma.sync, and decode rows read K/V faster through its 128-key stages; the warp-specialised tile
+    first: its producer loads the next item while the consumers finish one, H100 session 10: 7-15%
+    faster than the all-threads tile on mixed batches), then of each mma.sync tile (the smallest row
     tile first: decode rows waste least of it), then `separate` (its spec: the first part's
     instance) when the batch splits into parts (so arches without either kernel run the point
     too; first when the batch has prefill requests only); or the reasons none runs it."""
@@ -63,32 +66,58 @@ def mixed_candidates(problem: Problem, arch: str) -> Union[list, str]:
     if max(problem.seqlens_q()) * problem.group_size > kernels.INT32_MAX:
         return "query rows per KV head exceed the plan's 32-bit row index"
     found, reasons = [], []
-    wgmma_persistent = functools.partial(kernels_wgmma.wgmma_candidates, persistent=True)
-    for family, prefix in ((wgmma_persistent, "wgmma-"), (kernels_mma.mma_candidates, "mma-")):
+    for family, prefix in ((kernels_wgmma.wgmma_candidates, "wgmma-"), (kernels_mma.mma_candidates, "mma-")):
         tiles = family(problem, arch)
         if isinstance(tiles, str):
             reasons.append(f"persistent kernel: {tiles}")
             continue
-        persistent = [(f"persistent-{tag.removeprefix(prefix)}", persistent_spec(spec)) for tag, spec in tiles]
+        persistent = [(persistent_tag(tag), persistent_spec(spec)) for tag, spec in tiles]
         if prefix == "mma-":
             persistent.sort(key=lambda item: persistent_shape(item[1]).block_q)
         found += persistent
     parts = separate_parts(problem, arch)
     if not isinstance(parts, str):
-        # Prefill requests only: `separate` is one grid launch, which may take the warp-specialised
-        # tiles the persistent kernel cannot (H100, one 4k prefill: 0.283 vs 0.342 ms, session 9).
+        # Prefill requests only: `separate` is one grid launch of the warp-specialised tile, as fast
+        # as its persistent launch (H100, one 4k prefill: 0.2800 vs 0.2795 ms, session 10) and faster
+        # where no warp-specialised tile exists (all-threads persistent: 0.342 ms, session 9).
         prefill_only = len(parts) == 1 and not decode_like(problem)[0]
         found.insert(0 if prefill_only else len(found), (SEPARATE_TAG, parts[0].spec))
     return found or "; ".join([*reasons, f"separate launches: {parts}"])
 
 
+def prefill_persistent_candidates(problem: Problem, found: list) -> list:
+    """[(tag, KernelSpec)]: the persistent instance of each warp-specialised wgmma tile among a
+    family fwd / paged point's grid candidates `found`. Its producer copies the next item's Q and
+    first K/V tiles while the consumers finish the last one, which a grid block (one item, then
+    exit) cannot overlap; the plan also evens out causal row tiles' lengths."""
+    return [(persistent_tag(tag), persistent_spec(spec)) for tag, spec in found
+            if spec.source == kernels_wgmma.WGMMA_SOURCE and kernels_wgmma.spec_tile(spec)["warp_specialized"]]
+
+
+def persistent_tag(tag: str) -> str:
+    """`persistent-<tile>` of a tensor-core candidate's tag (`wgmma-q128k128ws`, `mma-q64k64w4`)."""
+    return f"persistent-{tag.split('-', 1)[1]}"
+
+
+def is_persistent(tag: str) -> bool:
+    return tag.startswith("persistent-")
+
+
+def grid_candidates(found: list) -> list:
+    """The candidates that are one grid launch over FmhaParams (what a part of `separate` or the
+    attention after an append runs): all but the persistent ones."""
+    return [(tag, spec) for tag, spec in found if not is_persistent(tag)]
+
+
 def candidate_instances(problem: Problem, arch: str, tag: str, spec: KernelSpec) -> list:
-    """The instances candidate (tag, spec) launches: the persistent kernel and the merge, or each
-    part's instance."""
+    """The instances candidate (tag, spec) launches: the persistent kernel and (family mixed, whose
+    plans split rows) the merge, each part's instance (`separate`), or the instance itself."""
     if tag == SEPARATE_TAG:
         parts = separate_parts(problem, arch)
         return [] if isinstance(parts, str) else list(dict.fromkeys(part.spec for part in parts))
-    return [spec, kernels.merge_items_spec(problem, arch)]
+    if is_persistent(tag) and problem.family == "mixed":
+        return [spec, kernels.merge_items_spec(problem, arch)]
+    return [spec]
 
 
 def every_instance(problem: Problem, arch: str) -> list:
@@ -158,9 +187,12 @@ def merge_launch_config(num_blocks: int) -> tuple[tuple, tuple, int]:
 
 
 def plan_for(problem: Problem, spec: KernelSpec, arch: str, sm_count: int) -> MixedPlan:
-    """The work plan of `problem` for the persistent grid of `spec` on a device of `sm_count` SMs."""
+    """The work plan of `problem` for the persistent grid of `spec` on a device of `sm_count` SMs.
+    Only family mixed splits rows (a prefill point's row tiles are many and even enough; the merge
+    kernel addresses group-mode rows only)."""
     shape = persistent_shape(spec)
-    return make_plan(problem, shape.block_q, shape.block_k, persistent_blocks(spec, arch, sm_count))
+    return make_plan(problem, shape.block_q, shape.block_k, persistent_blocks(spec, arch, sm_count),
+                     split=problem.family == "mixed")
 
 
 def plan_workspace_bytes(plan: MixedPlan, hdim_v: int) -> dict[str, int]:
@@ -170,13 +202,15 @@ def plan_workspace_bytes(plan: MixedPlan, hdim_v: int) -> dict[str, int]:
 
 
 def mixed_args(problem: Problem, inputs: Inputs, ptrs: dict) -> bytes:
-    """The packed FmhaMixedArgs: the batch's FmhaParams without the scalars that follow the
-    composition (batch and the longest lengths: the persistent kernels read every length from
-    device data; the split-KV strides: unused), then the plan and partial pointers of `ptrs`. What
-    is left describes the buffers (pointers, strides, table width), so the bytes are those of any
-    other batch over the same buffers."""
+    """The packed FmhaMixedArgs: the point's FmhaParams, then the plan and partial pointers of
+    `ptrs`. Family mixed leaves out the scalars that follow the composition (batch and the longest
+    lengths: the persistent kernels read every length from device data; the split-KV strides:
+    unused), so what is left describes the buffers (pointers, strides, table width) and the bytes
+    are those of any other batch over the same buffers. Other families (batch mode reads its
+    lengths from these scalars) keep them."""
     values = kernel_params.unpack(kernels.kernel_args(problem, inputs, ptrs))
-    values.update(batch=0, max_seqlen_q=0, max_seqlen_k=0, o_acc_split_stride=0, lse_acc_split_stride=0)
+    if problem.family == "mixed":
+        values.update(batch=0, max_seqlen_q=0, max_seqlen_k=0, o_acc_split_stride=0, lse_acc_split_stride=0)
     return kernel_params.pack(**values) + struct.pack(f"<{len(MIXED_ARG_POINTERS)}Q",
                                                       *(ptrs[name] for name in MIXED_ARG_POINTERS))
 
@@ -212,7 +246,7 @@ def separate_parts(problem: Problem, arch: str) -> Union[list, str]:
         found = candidates(part, arch)
         if isinstance(found, str):
             return f"{'decode' if kinds[first] else 'prefill'} part: {found}"
-        parts.append(Part(first, end, part, *found[0]))
+        parts.append(Part(first, end, part, *grid_candidates(found)[0]))
     return parts
 
 

@@ -77,17 +77,16 @@ def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, soft_
     return KernelSpec(source=WGMMA_SOURCE, entry=WGMMA_ENTRY, defines=defines, arch=arch, label=label)
 
 
-def wgmma_candidates(problem: Problem, arch: str, persistent: bool = False) -> Union[list, str]:
+def wgmma_candidates(problem: Problem, arch: str) -> Union[list, str]:
     """[(tag, KernelSpec)] in the dispatcher's order for an already valid fwd problem (any split
     count: splits write fp32 partials for the combine kernel), or the reason the wgmma kernel
-    cannot run it. `persistent`: the tiles family mixed may build with FMHA_PERSISTENT (not the
-    warp-specialised ones: their producer runs one item)."""
+    cannot run it."""
     spec = archs.get_arch(arch)
     refusal = tensor_core_refusal(problem, spec, "wgmma", "wgmma", WGMMA_DTYPES)
     if refusal:
         return refusal
     tiles = [t for t in archs.kernel_tile_candidates(arch, "wgmma", problem.hdim_q, problem.hdim_v)
-             if problem.dtype in t.get("dtypes", TILE_DTYPES) and not (persistent and t.get("warp_specialized"))]
+             if problem.dtype in t.get("dtypes", TILE_DTYPES)]
     if not tiles:
         return f"hdim {problem.hdim_q}/{problem.hdim_v} has no {problem.dtype} wgmma tile"
     limit = spec.get("shared_bytes_optin", spec["shared_bytes_per_block"])

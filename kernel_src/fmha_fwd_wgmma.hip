@@ -13,18 +13,22 @@
    step, and two such blocks per SM (BLOCK_K 64) hide each other's step latency. Also builds for
    the CPU emulation (-DFMHA_CPU_EMULATION, tests/test_wgmma_emulated.py, tests/test_mixed_emulated.py).
 
-   Warp-specialised instances (16-bit grid instances): an extra warpgroup, the producer, does every
-   copy (Q once, then K_t and V_t into stage t % 2 as soon as the consumers released the stage's
-   previous tile; paged rows through its own row table) and gives its registers to the two (hdim
-   64: three) consumer warpgroups (setmaxnreg), which only wait on mbarriers
+   Warp-specialised instances (16-bit, grid or persistent): an extra warpgroup, the producer, does
+   every copy (each item's Q once the consumers released the previous one's, then K_t and V_t into
+   stage n % 2, n counting the block's tiles over its items, as soon as the consumers released the
+   stage's previous tile; paged rows through its own row table) and gives its registers to the two
+   (hdim 64: three) consumer warpgroups (setmaxnreg), which only wait on mbarriers
    (fmha_async_barrier.h): no block barrier in the main loop, so the consumers drift apart and one's
    softmax overlaps another's GEMMs (H100, fp16 hdim 128 8k: 449 -> 615 TFLOPS; NOTES.md, session 8).
+   A persistent block's producer runs on into its next item's Q and K/V while the consumers finish
+   the last one (H100, fp16 prefill up to 4k keys: +0.2..+18% over the grid launch, session 10).
 
    A block's attention is a work item (fmha_work_plan.h), as in fmha_fwd_mma.hip: entry
    fmha_fwd_wgmma(FmhaParams) runs the grid above (one item per block, every key, final output;
    or, num_splits > 1, one key split per block, fp32 partials for fmha_combine.hip);
    FMHA_PERSISTENT 1 builds fmha_fwd_wgmma_persistent(FmhaMixedArgs) instead, a fixed grid whose
-   block x runs the plan's items for x (family mixed), split rows writing fp32 partials.
+   block x runs the plan's items for x (family mixed, and prefill points on the warp-specialised
+   tiles), split rows writing fp32 partials.
 
    Algorithm:
    - Q, and two stages of K/V tiles, live in shared memory in the 128-byte swizzled layout that
@@ -164,15 +168,28 @@ constexpr int kTileBytes = kQBytes + 2 * kKBytes + 2 * kVBytes + kVtBytes;
 /* Warp-specialised instances: the producer's copies of Q and of each K/V stage complete `full`
    phases (one arrival per producer thread, made when its copies have landed); the consumers'
    release of a stage completes an `empty` phase (one arrival per consumer warp, after its wgmma
-   reading the stage retired). Tile t uses stage t % 2 for the (t / 2)-th time: phase t / 2. */
+   reading the stage retired). The n-th K/V tile a block handles (counted over all its work items:
+   a persistent block's producer runs into the next item's tiles while the consumers finish the
+   last one's) uses stage n % 2 for the (n / 2)-th time: phase n / 2. Q has one stage: the
+   consumers release it (q_empty) once their last S = Q K^T retired, so the next item's Q lands
+   while they finish P V and write O. */
 struct Pipeline {
-    MBarrier q, full_k[2], full_v[2], empty_k[2], empty_v[2];
+    MBarrier q, q_empty, full_k[2], full_v[2], empty_k[2], empty_v[2];
 };
+/* Where a warp-specialised block's pipeline stands before a work item: K/V tiles and Q tiles it
+   has put through it so far (the same count for the producer and the consumers). */
+struct PipelinePosition {
+    int tiles = 0, queries = 0;
+};
+/* Who runs an attention() instantiation: every thread (copies and math), or one role of a
+   warp-specialised block. */
+enum { kEveryThread, kProducerRole, kConsumerRole };
+template <int R>
+struct RoleTag { static constexpr int value = R; };
 constexpr int kPipelineBytes = kWarpSpecialized ? 128 : 0;   /* after the tiles */
 constexpr int kSmemBytes = kTileBytes + kPipelineBytes;
 static_assert(sizeof(Pipeline) <= 128, "pipeline barriers: 128 bytes after the tiles");
-static_assert(!kWarpSpecialized || (!kFp8 && !kPersistent),
-              "warp specialisation: 16-bit grid instances (fp8's V transpose and persistent items still need every thread)");
+static_assert(!kWarpSpecialized || !kFp8, "warp specialisation: 16-bit instances (fp8's V transpose needs every thread)");
 /* setmaxnreg: the producer gives registers to the consumers; the block's pool is what it was
    launched with (its threads x the launch bounds' per-thread limit, in units of 8). */
 #ifndef FMHA_BLOCKS_PER_SM
@@ -461,9 +478,10 @@ struct QueryRows {
 /* One work item's attention (fmha_work_plan.h: rows [row_begin, row_end) of one (sequence, KV
    head) of a query sequence starting at row q_first with seqlen_q positions, keys [key_begin,
    key_end), final output or an fp32 partial slot). */
-template <bool SoftCap, class RowTable>
+template <bool SoftCap, int Role, class RowTable>
 FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_first, int seqlen_q,
-                           const PartialSlots& partials, unsigned char* smem, RowTable& row_table)
+                           const PartialSlots& partials, unsigned char* smem, RowTable& row_table,
+                           PipelinePosition& pos)
 {
     unsigned char* const sq = smem;
     unsigned char* const sk = sq + kQBytes;     /* stage s at sk + s * kKBytes */
@@ -509,13 +527,20 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
         if constexpr (kFp8) transposer.run(sv + (t & 1) * kVBytes, svt, t & 1);
     };
 
-    /* Warp-specialised: the producer warpgroup copies Q, then K_t and V_t into stage t % 2 as soon
-       as the consumers released the stage's previous tile, and leaves (paged: once all its threads
-       issued tile t's copies, tile t's row-table slot takes tile t + 3's rows). */
+    /* Warp-specialised: the producer warpgroup copies Q once the consumers released the previous
+       item's, then K_t and V_t into their stage as soon as the consumers released the stage's
+       previous tile, and goes on to the next item (paged: once all its threads issued tile t's
+       copies, tile t's row-table slot takes tile t + 3's rows). Stages and phases count the
+       block's tiles from n0, over its items. */
     Pipeline& pipe = *(Pipeline*)(smem + kTileBytes);
+    const int n0 = kWarpSpecialized ? pos.tiles : 0, queries = pos.queries;
     if constexpr (kWarpSpecialized) {
-        if ((int)threadIdx.x < kProducerThreads) {
-            lower_registers<kProducerRegisters>();
+        if (tiles.count > 0) {   /* both roles skip an item without key tiles: no Q, no stages */
+            pos.tiles += tiles.count;
+            pos.queries += 1;
+        }
+        if constexpr (Role == kProducerRole) {
+            if (tiles.count == 0) return;
             if constexpr (kPaged) {
                 for (int t = 0; t < PagedRowTable::kSlots; ++t) {
                     fetch_rows(t);
@@ -524,12 +549,13 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
                 named_barrier_sync(kLoaderBarrier, kProducerThreads);
                 fetch_rows(PagedRowTable::kSlots);
             }
+            if (queries > 0) mbarrier_wait(&pipe.q_empty, (queries - 1) & 1);
             load_tile_async<kBQ, kDq>(sq, (const InT*)p.q, QueryRows{p, b, hk, group, q_first, rows, m0});
             mbarrier_arrive_after_copies(&pipe.q);
-            /* tile t into stage t % 2 once its (t / 2 - 1)-th tile was released */
+            /* the block's n-th tile into stage n % 2 once its (n / 2 - 1)-th tile was released */
             auto produce = [&](const auto& copier, const i64* offsets, unsigned char* stage_tile, int t,
                                MBarrier& empty, MBarrier& full) {
-                const int use = t >> 1;
+                const int use = (n0 + t) >> 1;
                 if constexpr (kPaged) {
                     const auto rows = copier.read(offsets);
                     if (use > 0) mbarrier_wait(&empty, (use - 1) & 1);
@@ -545,36 +571,37 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
                lost 1% (hdim 128) and 4.5% (hdim 64) with it, so it keeps K_t then V_t (H100, s8). */
             constexpr int kAhead = kPaged ? 1 : 0;
             auto produce_k = [&](int t) {
-                const int stage = t & 1;
+                const int stage = (n0 + t) & 1;
                 produce(k_copier, k_offsets(row_table, t), sk + stage * kKBytes, t, pipe.empty_k[stage], pipe.full_k[stage]);
             };
-            if (kAhead > 0 && tiles.count > 0) produce_k(0);
+            if (kAhead > 0) produce_k(0);
             for (int t = 0; t < tiles.count; ++t) {
-                const int stage = t & 1;
+                const int stage = (n0 + t) & 1;
                 if (t + kAhead < tiles.count) produce_k(t + kAhead);
                 produce(v_copier, v_offsets(row_table, t), sv + stage * kVBytes, t, pipe.empty_v[stage], pipe.full_v[stage]);
-                if constexpr (kPaged) {   /* tile t's slot: K_t and V_t issued */
+                if constexpr (kPaged) {   /* tile t's slot: K_t and V_t issued (the last: the next item may refill) */
                     named_barrier_sync(kLoaderBarrier, kProducerThreads);
                     store_rows(t + 3);
                     fetch_rows(t + 4);
                 }
             }
-            commit_copies();
-            wait_copies<0>();   /* no copy outlives its thread */
-            return;
+            return;   /* the caller retires the copies once, after the last item */
         }
-        raise_registers<kConsumerRegisters>();
     }
     /* Consumers (warp-specialised): a stage's copies are visible to wgmma once its `full` phase
        completed and this thread fenced the async proxy; a warp releases a stage once its wgmma
        reading it retired. (FA3's ping-pong, the two warpgroups taking turns to issue their GEMMs
        through named barriers, was measured slower here: NOTES.md, session 8.) */
-    auto landed = [&](MBarrier& full, int t) {
-        mbarrier_wait(&full, (t >> 1) & 1);
+    auto landed = [&](MBarrier (&full)[2], int t) {
+        const int n = n0 + t;
+        mbarrier_wait(&full[n & 1], (n >> 1) & 1);
         wg::fence_async_shared();
     };
-    auto release = [&](MBarrier& empty) {
-        if (lane == 0) mbarrier_arrive(&empty);
+    auto release = [&](MBarrier (&empty)[2], int t) {
+        if (lane == 0) mbarrier_arrive(&empty[(n0 + t) & 1]);
+    };
+    auto release_q = [&] {   /* after the item's last S = Q K^T retired */
+        if (lane == 0) mbarrier_arrive(&pipe.q_empty);
     };
 
     /* This thread's rows: warp w of warpgroup wg holds rows 64 wg + 16 (w % 4) + g + 8 h. */
@@ -605,7 +632,7 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
 
     /* S = Q K_t^T into s: issued, not waited. */
     auto issue_qk = [&](float (&s)[kBK / 2], int t) {
-        const unsigned long long ks = k_desc + (t & 1) * smem_advance(kKBytes);
+        const unsigned long long ks = k_desc + ((n0 + t) & 1) * smem_advance(kKBytes);
         wg::wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kKS; ++kk)
@@ -717,8 +744,8 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
     float s[kBK / 2], alpha[2];
     if (tiles.count > 0) {
         if constexpr (kWarpSpecialized) {
-            landed(pipe.q, 0);
-            landed(pipe.full_k[0], 0);
+            mbarrier_wait(&pipe.q, queries & 1);
+            landed(pipe.full_k, 0);
         } else {
             wait_copies<1>();
             wg::fence_async_shared();
@@ -728,7 +755,10 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
         transpose_v(0);
         wg::wgmma_wait<0>();
         wg::touch_registers(s);
-        if constexpr (kWarpSpecialized) release(pipe.empty_k[0]);
+        if constexpr (kWarpSpecialized) {
+            release(pipe.empty_k, 0);
+            if (tiles.count == 1) release_q();
+        }
         softmax(s, 0, alpha);
         pack_p(s);
     }
@@ -744,11 +774,11 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
         wg::wgmma_fence();
         if constexpr (kFp8) {
             /* V^T stage t % 2: its k-steps follow stage 0's kPS k-steps */
-            const unsigned long long vs = v_desc + (t & 1) * kmajor_advance<kDv>(kPS);
+            const unsigned long long vs = v_desc + ((n0 + t) & 1) * kmajor_advance<kDv>(kPS);
 #pragma unroll
             for (int kk = 0; kk < kPS; ++kk) MmaO::rs(acc, pa[kk], vs + kmajor_advance<kDv>(kk), 1);
         } else {
-            const unsigned long long vs = v_desc + (t & 1) * smem_advance(kVBytes);
+            const unsigned long long vs = v_desc + ((n0 + t) & 1) * smem_advance(kVBytes);
 #pragma unroll
             for (int kk = 0; kk < kPS; ++kk) MmaO::rs(acc, pa[kk], vs + nmajor_advance(kk), 1);
         }
@@ -764,8 +794,8 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
     const int last = tiles.count - 1;
     for (int t = 0; t < last; ++t) {
         if constexpr (kWarpSpecialized) {
-            landed(pipe.full_k[(t + 1) & 1], t + 1);
-            landed(pipe.full_v[t & 1], t);
+            landed(pipe.full_k, t + 1);
+            landed(pipe.full_v, t);
         } else {
             copies_landed();   /* K_{t+1} and V_t (fp8: V_{t+1}, and V_t^T); the rows of tile t + 2 resolved */
             load_k(t + 2);
@@ -779,22 +809,26 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
         transpose_v(t + 1);
         wg::wgmma_wait<1>();
         wg::touch_registers(s);
-        if constexpr (kWarpSpecialized) release(pipe.empty_k[(t + 1) & 1]);
+        if constexpr (kWarpSpecialized) {
+            release(pipe.empty_k, t + 1);
+            if (t + 1 == last) release_q();
+        }
         softmax(s, t + 1, alpha);
         wg::wgmma_wait<0>();
         wg::touch_registers(acc);
-        if constexpr (kWarpSpecialized) release(pipe.empty_v[t & 1]);
+        if constexpr (kWarpSpecialized) release(pipe.empty_v, t);
         pack_p(s);
     }
     if (last >= 0) {
         if constexpr (kWarpSpecialized) {
-            landed(pipe.full_v[last & 1], last);
+            landed(pipe.full_v, last);
         } else {
             copies_landed();
         }
         issue_pv(last);
         wg::wgmma_wait<0>();
         wg::touch_registers(acc);
+        if constexpr (kWarpSpecialized) release(pipe.empty_v, last);   /* the producer may fill it with the next item's */
     }
     if constexpr (!kWarpSpecialized) wait_copies<0>();   /* no tile at all: the Q copy group is still retired before exit */
 
@@ -857,6 +891,41 @@ static FMHA_DEVICE void with_row_table(const Body& body)
     }
 }
 
+/* Runs body(Role) on every thread: warp-specialised blocks initialise the pipeline's barriers
+   (all before any use), then the producer gives registers to the consumers (setmaxnreg, once per
+   block) and each role runs the block's items with its own instantiation of attention(), so the
+   compiler sees the consumers' code only after their raise; the producer's copies retire before
+   its threads exit. */
+template <class Body>
+static FMHA_DEVICE void run_roles(unsigned char* smem, const Body& body)
+{
+    if constexpr (kWarpSpecialized) {
+        Pipeline& pipe = *(Pipeline*)(smem + kTileBytes);
+        if (threadIdx.x == 0) {
+            mbarrier_init(&pipe.q, kProducerThreads);
+            mbarrier_init(&pipe.q_empty, kConsumerThreads / 32);
+            for (int stage = 0; stage < 2; ++stage) {
+                mbarrier_init(&pipe.full_k[stage], kProducerThreads);
+                mbarrier_init(&pipe.full_v[stage], kProducerThreads);
+                mbarrier_init(&pipe.empty_k[stage], kConsumerThreads / 32);
+                mbarrier_init(&pipe.empty_v[stage], kConsumerThreads / 32);
+            }
+        }
+        fmha_barrier();
+        if ((int)threadIdx.x < kProducerThreads) {
+            lower_registers<kProducerRegisters>();
+            body(RoleTag<kProducerRole>());
+            commit_copies();
+            wait_copies<0>();
+        } else {
+            raise_registers<kConsumerRegisters>();
+            body(RoleTag<kConsumerRole>());
+        }
+    } else {
+        body(RoleTag<kEveryThread>());
+    }
+}
+
 /* Block (x, y, z) = one item: row tile x of KV head y of sequence z, every key, final output.
    Longest (causal) row tiles first. Split-KV (num_splits > 1), as fmha_fwd.hip: x = row tile *
    num_splits + split s, whose keys are [s X, (s + 1) X), X = ceil(keys / num_splits) (SPEC 6; the
@@ -878,21 +947,12 @@ static FMHA_DEVICE void grid_block(const FmhaParams& p, unsigned char* smem)
         item.key_end = imin(item.key_begin + width, keys);
         item.slot = split;
     }
-    if constexpr (kWarpSpecialized) {
-        Pipeline& pipe = *(Pipeline*)(smem + kTileBytes);
-        if (threadIdx.x == 0) {
-            mbarrier_init(&pipe.q, kProducerThreads);
-            for (int stage = 0; stage < 2; ++stage) {
-                mbarrier_init(&pipe.full_k[stage], kProducerThreads);
-                mbarrier_init(&pipe.full_v[stage], kProducerThreads);
-                mbarrier_init(&pipe.empty_k[stage], kConsumerThreads / 32);
-                mbarrier_init(&pipe.empty_v[stage], kConsumerThreads / 32);
-            }
-        }
-        fmha_barrier();
-    }
     with_row_table<kPaged>([&](auto& row_table) {
-        attention<FMHA_SOFT_CAP != 0>(p, item, q_first, seqlen_q, PartialSlots{nullptr, nullptr}, smem, row_table);
+        run_roles(smem, [&](auto role) {
+            PipelinePosition pos;
+            attention<FMHA_SOFT_CAP != 0, decltype(role)::value>(p, item, q_first, seqlen_q,
+                                                                PartialSlots{nullptr, nullptr}, smem, row_table, pos);
+        });
     });
 }
 
@@ -903,13 +963,19 @@ static FMHA_DEVICE void persistent_block(const FmhaMixedArgs& a, unsigned char* 
     const PartialSlots partials{(float*)a.o_part, (float*)a.lse_part};
     const int begin = plan.block_begin()[blockIdx.x], end = plan.block_begin()[blockIdx.x + 1];
     with_row_table<kPaged>([&](auto& row_table) {
-        for (int i = begin; i < end; ++i) {
-            const WorkItem item = plan.items()[i];
-            int q_first, seqlen_q;
-            query_sequence(a.p, item.seq, q_first, seqlen_q);
-            attention<FMHA_SOFT_CAP != 0>(a.p, item, q_first, seqlen_q, partials, smem, row_table);
-            fmha_barrier();   /* the next item's loads overwrite Q, the K/V stages and the row table */
-        }
+        run_roles(smem, [&](auto role) {
+            PipelinePosition pos;
+            for (int i = begin; i < end; ++i) {
+                const WorkItem item = plan.items()[i];
+                int q_first, seqlen_q;
+                query_sequence(a.p, item.seq, q_first, seqlen_q);
+                attention<FMHA_SOFT_CAP != 0, decltype(role)::value>(a.p, item, q_first, seqlen_q, partials, smem,
+                                                                    row_table, pos);
+                /* the next item's loads overwrite Q, the K/V stages and the row table (warp-specialised:
+                   the pipeline's barriers order them) */
+                if constexpr (!kWarpSpecialized) fmha_barrier();
+            }
+        });
     });
 }
 

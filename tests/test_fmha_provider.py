@@ -151,3 +151,30 @@ def test_a_provider_named_fmha_tag_runs_only_that_candidate_and_skips_points_wit
     assert provider._select(prefill, device.arch)[0][1] == dict(candidates(prefill, device.arch))["wgmma-q128k128ws"]
     fp8 = Problem(batch=2, seqlen_q=512, nhead_q=8, hdim_q=128, dtype="fp8_e4m3fn")   # no warp-specialised fp8 tile
     assert provider.supports(fp8, device) == "wgmma-q128k128ws is not a candidate instance for this point"
+
+
+def test_a_kernel_pattern_with_wildcards_matches_a_whole_tag_and_a_plain_one_any_part():
+    prefill = Problem(batch=2, seqlen_q=512, nhead_q=8, hdim_q=128)
+    device = RecordingBackend(132).device_info()
+    picks = {}
+    for pattern in ("ws", "wgmma-*ws", "wgmma-*", "mma-*", "persistent-"):
+        provider = FmhaProvider()
+        provider.force_kernel(pattern)
+        picks[pattern] = provider._select(prefill, device.arch)[0][0]
+    assert picks == {"ws": "persistent-q128k128ws", "wgmma-*ws": "wgmma-q128k128ws", "wgmma-*": "wgmma-q128k128ws",
+                     "mma-*": "mma-q128k64w8", "persistent-": "persistent-q128k128ws"}
+
+
+def test_a_prefill_point_s_persistent_pick_is_one_launch_over_its_plan_without_a_merge(no_compiler):
+    """Family fwd, batch mode: the plan keeps row tiles whole, so nothing is merged; FmhaMixedArgs
+    keeps the length scalars batch mode reads."""
+    prefill = Problem(batch=2, seqlen_q=1000, seqlen_k=1000, nhead_q=8, nhead_k=2, hdim_q=128, mask="b", lse=True)
+    backend, session, prepared = _prepared(prefill)
+    assert prepared.kernel.startswith("fwd_dense_fp16_hd128_wgmma_q128k128ws_persistent") and "merge" not in prepared.kernel
+    assert prepared.notes[0].startswith("persistent plan: 132 blocks") and "0 row tiles split" in prepared.notes[0]
+    backend.calls.clear()
+    prepared.launch()
+    (launch,) = [c for c in backend.calls if c[0] == "launch"]
+    assert launch[2:5] == ((132, 1, 1), (384, 1, 1), 164992)
+    values = unpack(ctypes.string_at(ctypes.c_void_p.from_address(launch[5].address).value, ctypes.sizeof(FmhaParams)))
+    assert (values["batch"], values["max_seqlen_q"], values["max_seqlen_k"]) == (2, 1000, 1000)

@@ -14,18 +14,19 @@ from fmha_bench.problem import Problem
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module", params=["dispatcher", "wgmma", "wgmma-decode", "wgmma-ws", "wgmma-ws3", "mma",
-                                        "portable"])
+@pytest.fixture(scope="module", params=["dispatcher", "wgmma", "wgmma-decode", "wgmma-ws", "wgmma-ws3",
+                                        "wgmma-persistent", "mma", "portable"])
 def gpu(request):
     """Every case runs with the dispatcher's pick and with each kernel family forced: wgmma
-    (sm_90a; its default tile, its first one-warpgroup decode tile at any query length, its
-    first warp-specialised tile: tags ending in `ws`, and the three-consumer one of hdim 64),
-    mma.sync, portable (skipped where the forced family does not run the case)."""
+    (sm_90a; its first grid tile, its first one-warpgroup decode tile at any query length, its
+    first warp-specialised grid tile: tags ending in `ws`, the three-consumer one of hdim 64, and
+    the persistent launch of a warp-specialised tile over a plan: prefill points), mma.sync,
+    portable (skipped where the forced family does not run the case)."""
     backend, device = open_gpu()
     from fmha_bench.providers.fmha import FmhaProvider
     provider = FmhaProvider()
-    forced = {"wgmma": "_wgmma_", "wgmma-decode": "wgmma-q64", "wgmma-ws": "ws", "wgmma-ws3": "wgmma-q192", "mma": "_mma_",   # "_mma_": not wgmma
-              "portable": "portable"}.get(request.param)
+    forced = {"wgmma": "wgmma-*", "wgmma-decode": "wgmma-q64", "wgmma-ws": "wgmma-*ws", "wgmma-ws3": "wgmma-q192",
+              "wgmma-persistent": "persistent-", "mma": "mma-*", "portable": "portable"}.get(request.param)
     if forced:
         provider.force_kernel(forced)
     return backend, device, provider

@@ -1,7 +1,7 @@
 """Family mixed on a real GPU against the NumPy reference (run on the device machine: pytest -m gpu):
-the persistent launch (the dispatcher's pick: wgmma on sm_90a; and wgmma's decode tiles and the mma.sync tiles
-forced) and the separate
-launches, validated in full with outputs poisoned before the launch."""
+the persistent launch (the dispatcher's pick: wgmma's warp-specialised tile on sm_90a; and wgmma's
+all-threads and decode tiles and the mma.sync tiles forced) and the separate launches, validated in
+full with outputs poisoned before the launch."""
 from __future__ import annotations
 
 import pytest
@@ -13,8 +13,8 @@ from fmha_bench.timing import MeasureSettings
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module", params=["persistent", "persistent-q64k64b2", "persistent-q64k128", "persistent-q64k64w4",
-                                        "persistent-q128k64w8", "persistent-q128k32w4", "separate"])
+@pytest.fixture(scope="module", params=["persistent", "persistent-q128k128", "persistent-q64k64b2", "persistent-q64k128",
+                                        "persistent-q64k64w4", "persistent-q128k64w8", "persistent-q128k32w4", "separate"])
 def gpu(request):
     backend, device = open_gpu()
     from fmha_bench.providers.fmha import FmhaProvider

@@ -22,6 +22,7 @@ from test_mma_emulated import ONE_WARP, SMALL, Emulated, _assert_matches
 
 from fmha_bench import dtypes
 from fmha_bench.backends.base import DeviceInfo
+from fmha_bench.dispatch import candidates
 from fmha_bench.kernel_params import FmhaParams
 from fmha_bench.kernels import MERGE_ITEMS_ENTRY, merge_items_spec
 from fmha_bench.kernels_mixed import (MIXED_ARG_POINTERS, PERSISTENT_ENTRIES, SEPARATE_TAG, merge_launch_config,
@@ -53,24 +54,25 @@ def _with_defines(spec, **defines):
     return dataclasses.replace(spec, defines=tuple({**dict(spec.defines), **defines}.items()))
 
 
-def _persistent_instance(problem: Problem, source: str, tile: dict, warpgroups: str):
+def _persistent_instance(problem: Problem, source: str, tile: dict, warpgroups: str, warp_specialized: str):
     """The problem's persistent candidate of kernel `source` on sm_90a: mma.sync with `tile`'s
-    rows, keys and warps; wgmma (`warpgroups` x 64 rows) with 64-key tiles, so short plan chunks fit."""
-    found = mixed_candidates(problem, "sm_90a")
+    rows, keys and warps; wgmma (`warpgroups` x 64 rows, all threads or a producer warpgroup and
+    consumers) with 64-key tiles, so short plan chunks fit."""
+    found = (mixed_candidates if problem.family == "mixed" else candidates)(problem, "sm_90a")
     assert not isinstance(found, str), found
-    spec = next(spec for _, spec in found if spec.source == source)
+    spec = next(spec for _, spec in found if spec.source == source and spec.entry == PERSISTENT_ENTRIES[source])
     if source == MMA_SOURCE:
         return _with_defines(spec, FMHA_BLOCK_Q=str(tile["block_q"]), FMHA_BLOCK_K=str(tile["block_k"]),
                              FMHA_WARPS=str(tile["warps"]))
-    return _with_defines(spec, FMHA_BLOCK_K="64", FMHA_WARPGROUPS=warpgroups)
+    return _with_defines(spec, FMHA_BLOCK_K="64", FMHA_WARPGROUPS=warpgroups, FMHA_WARP_SPECIALIZED=warp_specialized)
 
 
-def _emulator(libraries, source: str, warpgroups: str = "2"):
+def _emulator(libraries, source: str, warpgroups: str = "2", warp_specialized: str = "0"):
     """emulate(problem, num_blocks, chunk_keys=None, tile=SMALL) -> (Emulated, plan): the persistent
     launch of kernel `source` over `num_blocks` blocks with the plan make_plan gives, then the merge."""
 
     def run(problem: Problem, num_blocks: int, chunk_keys: int | None = None, tile: dict = SMALL):
-        spec = _persistent_instance(problem, source, tile, warpgroups)
+        spec = _persistent_instance(problem, source, tile, warpgroups, warp_specialized)
         shape = persistent_shape(spec)
         if chunk_keys is not None:   # a whole number of the kernel's key tiles
             chunk_keys = -(-chunk_keys // shape.block_k) * shape.block_k
@@ -91,8 +93,9 @@ def _emulator(libraries, source: str, warpgroups: str = "2"):
     return run
 
 
-@pytest.fixture(scope="module", params=[(MMA_SOURCE, "2"), (WGMMA_SOURCE, "2"), (WGMMA_SOURCE, "1")],
-                ids=["mma", "wgmma", "wgmma-1wg"])
+@pytest.fixture(scope="module", params=[(MMA_SOURCE, "2"), (WGMMA_SOURCE, "2"), (WGMMA_SOURCE, "1"),
+                                        (WGMMA_SOURCE, "2", "1")],
+                ids=["mma", "wgmma", "wgmma-1wg", "wgmma-ws"])
 def emulate(libraries, request):
     return _emulator(libraries, *request.param)
 
@@ -153,6 +156,22 @@ def test_more_blocks_than_items_leaves_blocks_idle(emulate):
     run, plan = emulate(p, num_blocks=16)
     assert min(len(block) for block in plan.blocks) == 0
     _assert_matches(p, run)
+
+
+# ----------------------------------------------------------------------------- prefill points
+@pytest.mark.parametrize("problem", [
+    Problem(batch=2, seqlen_q=150, seqlen_k=150, nhead_q=4, nhead_k=2, hdim_q=64, mask="b", lse=True),
+    Problem(mode="group", batch=3, seqlen_q=[70, 0, 130], seqlen_k=[90, 5, 130], nhead_q=2, nhead_k=1, hdim_q=64,
+            mask="t:20,0", sink=True, lse=True),
+    Problem(family="paged", mode="group", batch=2, seqlen_q=[40, 100], seqlen_k=[200, 100], nhead_q=4, nhead_k=2,
+            hdim_q=64, mask="b", page_size=16, lse=True),
+], ids=lambda p: p.name())
+def test_prefill_points_through_the_warp_specialised_persistent_kernel(libraries, problem):
+    """Family fwd / paged prefill (batch mode reads its lengths from FmhaParams' scalars): a
+    block's items follow each other through one producer-consumer pipeline."""
+    run, plan = _emulator(libraries, WGMMA_SOURCE, "2", "1")(problem, num_blocks=3)
+    assert max(len(block) for block in plan.blocks) > 1
+    _assert_matches(problem, run)
 
 
 # ----------------------------------------------------------------------------- the provider

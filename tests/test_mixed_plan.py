@@ -16,10 +16,11 @@ from fmha_bench.kernel_params import FmhaParams, unpack
 from fmha_bench.kernels import MERGE_ITEMS_ENTRY, kernel_args
 from fmha_bench.kernels_mixed import (MIXED_ARG_POINTERS, PERSISTENT_ENTRIES, SEPARATE_TAG, merge_launch_config,
                                       mixed_args, mixed_candidates, part_args, persistent_blocks,
-                                      persistent_launch_config, separate_parts)
+                                      persistent_launch_config, plan_for, separate_parts)
+from fmha_bench.dispatch import candidates
 from fmha_bench.kernels_mma import MMA_SOURCE
 from fmha_bench.kernels_wgmma import WGMMA_SOURCE
-from fmha_bench.mixed_plan import ITEM_FIELDS, MERGE_FIELDS, PLAN_HEADER_WORDS, make_plan
+from fmha_bench.mixed_plan import ITEM_FIELDS, L2_WINDOW_BYTES, MERGE_FIELDS, PLAN_HEADER_WORDS, make_plan
 from fmha_bench.problem import Problem
 from fmha_bench.providers.fmha import FmhaProvider
 from fmha_bench.session import PointSession
@@ -168,7 +169,9 @@ def test_launch_shapes_and_argument_bytes_do_not_depend_on_the_composition(page_
     args = {mixed_args(p, p.make_inputs(0), _fake_pointers()) for p in compositions}
     assert len(args) == 1
     grid, block, shared = persistent_launch_config(spec, "sm_90a", 132)
-    assert (grid, block, shared) == ((132, 1, 1), (256, 1, 1), 164864)   # wgmma, 128-key stages: one per SM
+    # wgmma warp-specialised: a producer and two consumer warpgroups, 128-key stages and the pipeline's
+    # barriers: one block per SM
+    assert (grid, block, shared) == ((132, 1, 1), (384, 1, 1), 164992)
     assert merge_launch_config(grid[0]) == ((132, 1, 1), (128, 1, 1), 0)
     blob = args.pop()
     assert len(blob) == ctypes.sizeof(FmhaParams) + 8 * len(MIXED_ARG_POINTERS)
@@ -191,14 +194,15 @@ def test_persistent_grid_is_what_fits_on_an_sm_up_to_two_blocks(arch, tile, hdim
 
 
 def test_candidates_put_wgmma_first_then_the_smallest_mma_tile_and_separate_last():
-    """wgmma's tiles in the table's order (its default two-warpgroup tile before decode's; not its
-    warp-specialised tile, whose producer runs one item), then mma.sync's."""
+    """wgmma's tiles in the table's order (its warp-specialised tile, whose producer runs into the
+    next item while the consumers finish one, then the all-threads and decode tiles), then mma.sync's."""
     found = mixed_candidates(serving([100], [700, 80]), "sm_90a")
-    assert [tag for tag, _ in found] == ["persistent-q128k128", "persistent-q64k64b2", "persistent-q64k64w4",
-                                         "persistent-q128k64w8", "persistent-q128k32w4", SEPARATE_TAG]
+    assert [tag for tag, _ in found] == ["persistent-q128k128ws", "persistent-q128k128", "persistent-q64k64b2",
+                                         "persistent-q64k64w4", "persistent-q128k64w8", "persistent-q128k32w4",
+                                         SEPARATE_TAG]
     assert all(spec.entry == PERSISTENT_ENTRIES[spec.source] and ("FMHA_PERSISTENT", "1") in spec.defines
                for tag, spec in found if tag != SEPARATE_TAG)
-    assert [spec.source for _, spec in found[:3]] == [WGMMA_SOURCE, WGMMA_SOURCE, MMA_SOURCE]
+    assert [spec.source for _, spec in found[:4]] == [WGMMA_SOURCE] * 3 + [MMA_SOURCE]
     assert [tag for tag, _ in mixed_candidates(serving([100], [700, 80]), "sm_80")][0] == "persistent-q64k64w4"
 
 
@@ -206,7 +210,7 @@ def test_prefill_only_batches_take_the_separate_launch_first():
     """One grid launch of the prefill part (the warp-specialised tile) ahead of the persistent kernel."""
     assert mixed_candidates(serving([4096], []), "sm_90a")[0][0] == SEPARATE_TAG
     assert mixed_candidates(serving([4096, 300], []), "sm_90a")[0][0] == SEPARATE_TAG
-    assert mixed_candidates(serving([], [4096] * 8), "sm_90a")[0][0] == "persistent-q128k128"   # decodes only
+    assert mixed_candidates(serving([], [4096] * 8), "sm_90a")[0][0] == "persistent-q128k128ws"   # decodes only
 
 
 def test_arches_without_mma_run_the_separate_launches_and_fp8_runs_only_on_wgmma():
@@ -273,4 +277,29 @@ def test_persistent_launch_enqueues_the_same_two_launches_for_any_composition():
         assert np.frombuffer(tail, np.uint64).tolist() == [session.workspaces[n].ptr for n in MIXED_ARG_POINTERS]
         assert prepared.notes[0].startswith("persistent plan: 4 blocks")
         shapes.append((grid, block, shared, *merge_shape))
-    assert shapes[0] == shapes[1] == ((4, 1, 1), (256, 1, 1), 164864, (4, 1, 1), (128, 1, 1), 0)
+    assert shapes[0] == shapes[1] == ((4, 1, 1), (384, 1, 1), 164992, (4, 1, 1), (128, 1, 1), 0)
+
+
+def test_prefill_plans_keep_row_tiles_whole_and_run_the_heads_of_one_l2_window_at_a_time():
+    """Causal 2k prefill, 8 x 16 heads of 1 MB of K/V each: the items the 132 blocks start with
+    read the 24 heads of one L2_WINDOW_BYTES window (longest first over the whole batch, family
+    mixed's order, starts them on all 128), and the blocks' loads stay within 4% of the mean."""
+    p = Problem(batch=8, seqlen_q=2048, seqlen_k=2048, nhead_q=16, hdim_q=128, mask="b")
+    plan = make_plan(p, 128, 128, 132, split=False)
+    assert not plan.merges and {item.slot for item in plan.items()} == {-1}
+    head_bytes = 2048 * (128 + 128) * 2
+    assert len({(block[0].seq, block[0].kv_head) for block in plan.blocks}) == L2_WINDOW_BYTES // head_bytes == 24
+    assert max(plan.block_costs()) <= 1.04 * sum(plan.block_costs()) / 132
+    by_cost = make_plan(p, 128, 128, 132)
+    assert len({(block[0].seq, block[0].kv_head) for block in by_cost.blocks}) == 128
+    spec = next(spec for tag, spec in candidates(p, "sm_90a") if tag.startswith("persistent-"))
+    assert plan_for(p, spec, "sm_90a", 132) == plan   # the provider's plan for the point
+
+
+def test_separate_parts_are_grid_launches_even_where_the_dispatcher_picks_a_persistent_one():
+    """A part is launched over FmhaParams on its grid: a 2k prefill part takes the warp-specialised
+    grid tile, not the persistent launch the dispatcher puts first for it."""
+    parts = separate_parts(serving([2048], [700]), "sm_90a")
+    prefill = next(part for part in parts if part.problem.seqlens_q()[0] == 2048)
+    assert candidates(prefill.problem, "sm_90a")[0][0] == "persistent-q128k128ws"
+    assert prefill.tag == "wgmma-q128k128ws" and prefill.spec.entry == "fmha_fwd_wgmma"

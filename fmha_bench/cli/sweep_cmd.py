@@ -37,7 +37,8 @@ def run_options(command):
         click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path),
                      help="Where run directories go (default: $FMHA_BENCH_RESULTS or ./results)."),
         click.option("--kernel", metavar="NAME",
-                     help="Use only this kernel instance of provider fmha (name or hash prefix)."),
+                     help="Use only this kernel instance of provider fmha: the first candidate whose tag or "
+                          "instance name contains NAME (with * ? [ ]: matches one whole, e.g. 'wgmma-*ws')."),
         click.option("--all-instances", is_flag=True,
                      help="Also run every candidate instance of each point as provider fmha:<tile>, beside the "
                           "dispatcher's pick (provider fmha)."),

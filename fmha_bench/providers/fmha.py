@@ -14,6 +14,8 @@ provider of the point (--all-instances) left there.
 """
 from __future__ import annotations
 
+import fnmatch
+
 import numpy as np
 
 from .base import Prepared, Provider
@@ -35,14 +37,17 @@ class FmhaProvider(Provider):
                 "fmha:<tag> runs one candidate (tags: --all-instances)")
 
     def force_kernel(self, label: str | None) -> None:
-        """--kernel: the first candidate whose instance label or tag contains `label` runs."""
+        """--kernel: the first candidate whose instance label or tag contains `label` runs (a
+        pattern with * ? [ ] matches a whole tag or label instead: `wgmma-*ws`)."""
         self._forced = label
 
     def _select(self, problem, arch):
         """((tag, the attention instance to run), None) or (None, the reason there is none)."""
         from ..dispatch import candidates
         from ..kernels import attention_problem, select_kernel
-        if problem.family == "appendkv":   # the append's own limits first, then its attention's candidates
+        from ..kernels_mixed import grid_candidates
+        append = problem.family == "appendkv"
+        if append:   # the append's own limits first, then its attention's candidates
             refusal = select_kernel(problem, arch)
             if isinstance(refusal, str):
                 return None, refusal
@@ -50,12 +55,14 @@ class FmhaProvider(Provider):
         found = candidates(problem, arch)
         if isinstance(found, str):
             return None, found
+        if append:   # the attention after the append is one grid launch
+            found = grid_candidates(found)
         if self.tag:
             found = [(tag, spec) for tag, spec in found if tag == self.tag]
             if not found:
                 return None, _not_a_candidate(self.tag, problem, arch)
         if self._forced:
-            wanted = [(tag, spec) for tag, spec in found if self._forced in spec.label or self._forced in tag]
+            wanted = [(tag, spec) for tag, spec in found if _names(self._forced, tag, spec.label)]
             if not wanted:
                 return None, f"--kernel {self._forced}: no candidate matches ({', '.join(t for t, _ in found)})"
             found = wanted
@@ -65,12 +72,12 @@ class FmhaProvider(Provider):
         """The instances a point needs: its forward kernel, the combine when it may split, the
         append for appendkv; for a mixed point, those its candidate launches."""
         from ..kernels import select_append, select_combine
-        from ..kernels_mixed import candidate_instances
+        from ..kernels_mixed import candidate_instances, is_persistent
         picked, _ = self._select(problem, arch)
         if picked is None:
             return []
         tag, spec = picked
-        if problem.family == "mixed":
+        if problem.family == "mixed" or is_persistent(tag):
             return candidate_instances(problem, arch, tag, spec)
         companions = (select_combine(problem, arch), select_append(problem, arch))
         return [spec, *(c for c in companions if c is not None)]
@@ -116,8 +123,11 @@ class FmhaProvider(Provider):
         if picked is None:
             raise RuntimeError(reason)
         tag, spec = picked
-        if problem.family == "mixed":
-            return self._prepare_mixed(problem, session, tag, spec)
+        from ..kernels_mixed import SEPARATE_TAG, is_persistent
+        if problem.family == "mixed" and tag == SEPARATE_TAG:
+            return self._prepare_separate(problem, session)
+        if is_persistent(tag):
+            return self._prepare_persistent(problem, session, spec)
         name, function = self._function(spec, problem, session)
         if problem.family == "appendkv":
             return self._prepare_append(problem, session, spec, name, function)
@@ -166,25 +176,27 @@ class FmhaProvider(Provider):
         return _in_order(session, [(append, append_grid, append_block, append_shared, args),
                                    (function, grid, block, shared, args)], [append_name, name], p_precision(spec))
 
-    def _prepare_mixed(self, problem, session, tag, spec) -> Prepared:
-        """The persistent launch and its merge, or (tag `separate`) one launch per part."""
+    def _prepare_persistent(self, problem, session, spec) -> Prepared:
+        """The persistent launch over the point's work plan, then (family mixed: its plans split
+        rows, and one graph replays for any composition) the merge of the rows the plan split."""
         from ..backends.base import KernelArguments
         from ..dispatch import p_precision
         from ..kernels import merge_items_spec
-        from ..kernels_mixed import (SEPARATE_TAG, merge_launch_config, mixed_args, persistent_launch_config, plan_for,
+        from ..kernels_mixed import (merge_launch_config, mixed_args, persistent_launch_config, plan_for,
                                      plan_workspace_bytes)
-        if tag == SEPARATE_TAG:
-            return self._prepare_separate(problem, session)
         backend, arch, sms = session.backend, session.device.arch, session.device.sm_count
         name, function = self._function(spec, problem, session)
-        merge_name, merge = self._function(merge_items_spec(problem, arch), problem, session)
         grid, block, shared = _allow_shared(session, function, persistent_launch_config(spec, arch, sms))
         plan = plan_for(problem, spec, arch, sms)
         ptrs = {**session.ptrs(), **_poisoned_workspaces(session, plan_workspace_bytes(plan, problem.hdim_v))}
         backend.copy_to_device(session.workspaces["plan"], plan.words())
         args = KernelArguments(mixed_args(problem, session.inputs, ptrs))
-        return _in_order(session, [(function, grid, block, shared, args), (merge, *merge_launch_config(grid[0]), args)],
-                         [name, merge_name], p_precision(spec), [plan.summary()])
+        launches, names = [(function, grid, block, shared, args)], [name]
+        if problem.family == "mixed":
+            merge_name, merge = self._function(merge_items_spec(problem, arch), problem, session)
+            launches.append((merge, *merge_launch_config(grid[0]), args))
+            names.append(merge_name)
+        return _in_order(session, launches, names, p_precision(spec), [plan.summary()])
 
     def _prepare_separate(self, problem, session) -> Prepared:
         """Each part (decode-like requests, prefill requests) through its own pick, on one stream."""
@@ -236,6 +248,14 @@ def _allow_shared(session, function, config: tuple) -> tuple:
     if config[2] > 0:
         session.backend.set_dynamic_shared(function, config[2])
     return config
+
+
+def _names(pattern: str, tag: str, label: str) -> bool:
+    """Does --kernel `pattern` name this candidate: a substring of its tag or label, or, with
+    wildcards, a match of either whole."""
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(tag, pattern) or fnmatch.fnmatchcase(label, pattern)
+    return pattern in tag or pattern in label
 
 
 def _not_a_candidate(tag, problem, arch) -> str:
