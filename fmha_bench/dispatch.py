@@ -62,10 +62,10 @@ def candidates(problem: Problem, arch: str) -> Union[list, str]:
 PERSISTENT_MAX_KEYS = 4096
 
 
-def _persistent_first(problem: Problem, tiles: list) -> list:
-    """Prefill points (one split, at most PERSISTENT_MAX_KEYS keys): the persistent instances of
-    the warp-specialised tiles among `tiles`, in their order, to go before them; other points
-    list them after all the tiles."""
+def _persistent_first(problem: Problem, tiles: list) -> tuple[list, list]:
+    """(before, after) `tiles`: prefill points (one split) list the persistent instances of the
+    warp-specialised tiles among them, in their order, before them up to PERSISTENT_MAX_KEYS keys
+    and after them above; other points have none."""
     if max(problem.seqlens_q()) * problem.group_size <= DECODE_ROWS or problem.num_splits != 1:
         return [], []
     persistent = prefill_persistent_candidates(problem, tiles)

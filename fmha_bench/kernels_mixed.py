@@ -89,7 +89,7 @@ def prefill_persistent_candidates(problem: Problem, found: list) -> list:
     """[(tag, KernelSpec)]: the persistent instance of each warp-specialised wgmma tile among a
     family fwd / paged point's grid candidates `found`. Its producer copies the next item's Q and
     first K/V tiles while the consumers finish the last one, which a grid block (one item, then
-    exit) cannot overlap; the plan also evens out causal row tiles' lengths."""
+    exit) cannot overlap; the plan also spreads causal row tiles of unequal length over the blocks."""
     return [(persistent_tag(tag), persistent_spec(spec)) for tag, spec in found
             if spec.source == kernels_wgmma.WGMMA_SOURCE and kernels_wgmma.spec_tile(spec)["warp_specialized"]]
 

@@ -239,15 +239,15 @@ def make_plan(problem: Problem, block_q: int, block_k: int, num_blocks: int,
               chunk_keys: int | None = None, split: bool = True) -> MixedPlan:
     """The plan of a valid problem for `num_blocks` persistent blocks of a kernel with `block_q` x
     `block_k` tiles; `chunk_keys` (a multiple of block_k) forces the chunk length; `split` False
-    keeps every row tile whole (no partials: batch-mode problems, whose rows the merge kernel does
-    not address)."""
+    keeps every row tile whole whatever `chunk_keys` says (no partials: batch-mode problems, whose
+    rows the merge kernel does not address)."""
     if num_blocks < 1:
         raise ValueError(f"make_plan: num_blocks must be >= 1, got {num_blocks}")
     if chunk_keys is not None and (chunk_keys < block_k or chunk_keys % block_k):
         raise ValueError(f"make_plan: chunk_keys must be a positive multiple of block_k ({block_k}), got {chunk_keys}")
     tiles = row_tiles(problem, block_q, block_k)
     best = None
-    chunks = [chunk_keys // block_k] if chunk_keys else _chunk_candidates(tiles, block_k)
+    chunks = [chunk_keys // block_k] if chunk_keys and split else _chunk_candidates(tiles, block_k)
     for chunk in chunks if split else chunks[:1]:
         items = _items(tiles, chunk, block_q, block_k)
         costs = [item.cost for _, item in items]
