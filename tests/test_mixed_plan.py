@@ -287,6 +287,7 @@ def test_prefill_plans_keep_row_tiles_whole_and_run_the_heads_of_one_l2_window_a
     p = Problem(batch=8, seqlen_q=2048, seqlen_k=2048, nhead_q=16, hdim_q=128, mask="b")
     plan = make_plan(p, 128, 128, 132, split=False)
     assert not plan.merges and {item.slot for item in plan.items()} == {-1}
+    assert make_plan(p, 128, 128, 132, chunk_keys=256, split=False) == plan   # whole row tiles regardless
     head_bytes = 2048 * (128 + 128) * 2
     assert len({(block[0].seq, block[0].kv_head) for block in plan.blocks}) == L2_WINDOW_BYTES // head_bytes == 24
     assert max(plan.block_costs()) <= 1.04 * sum(plan.block_costs()) / 132
