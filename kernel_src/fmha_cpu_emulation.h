@@ -194,12 +194,19 @@ inline void wake(const void* object)
         if (b.state[t] == State::waiting && b.waits[t].object == object) make_runnable(b, t);
 }
 
+/* FMHA_EMU_EARLY_COPIES 1: every copy lands when it is issued, the earliest the GPU may land it,
+   so a producer that refills a stage (or Q) before the consumers released it shows; the default,
+   the latest landing, shows a reader that skips the wait the GPU requires. */
+#ifndef FMHA_EMU_EARLY_COPIES
+#define FMHA_EMU_EARLY_COPIES 0
+#endif
+
 /* A cp.async of 16 bytes from src (zeros when src is null) to dst; outside a block it lands at once. */
 inline void issue_copy(void* dst, const void* src)
 {
     CopyInFlight c{(unsigned char*)dst, {}};
     if (src) std::memcpy(c.bytes, src, 16);
-    if (g_block == nullptr)
+    if (g_block == nullptr || FMHA_EMU_EARLY_COPIES)
         c.land();
     else
         g_block->copies[threadIdx.x].push_back(c);

@@ -1,8 +1,11 @@
 """Family mixed on the CPU emulation against the NumPy reference: the persistent forward kernels
 (FMHA_PERSISTENT: kernel_src/fmha_fwd_mma.hip and kernel_src/fmha_fwd_wgmma.hip, each test on
-both) walking a work plan, then fmha_merge_items (kernel_src/fmha_combine.hip) merging the rows
-whose keys the plan split; and the provider's persistent and `separate` paths end to end on an
-emulated sm_80 device.
+both, the wgmma one also warp-specialised) walking a work plan, then fmha_merge_items
+(kernel_src/fmha_combine.hip) merging the rows whose keys the plan split; and the provider's
+persistent and `separate` paths end to end on an emulated sm_80 device. The warp-specialised
+kernel also runs with its copies landing when issued (FMHA_EMU_EARLY_COPIES): its producer runs
+into the next item while the consumers finish one, and a stage or Q it refilled before the
+consumers released it would show there.
 
 Plans with a forced short chunk split decode and prefill rows over several items, so both the
 partial path (sink left to the merge) and the final-output path run in one launch. Outputs and
@@ -67,12 +70,13 @@ def _persistent_instance(problem: Problem, source: str, tile: dict, warpgroups: 
     return _with_defines(spec, FMHA_BLOCK_K="64", FMHA_WARPGROUPS=warpgroups, FMHA_WARP_SPECIALIZED=warp_specialized)
 
 
-def _emulator(libraries, source: str, warpgroups: str = "2", warp_specialized: str = "0"):
+def _emulator(libraries, source: str, warpgroups: str = "2", warp_specialized: str = "0", early_copies: str = "0"):
     """emulate(problem, num_blocks, chunk_keys=None, tile=SMALL) -> (Emulated, plan): the persistent
     launch of kernel `source` over `num_blocks` blocks with the plan make_plan gives, then the merge."""
 
     def run(problem: Problem, num_blocks: int, chunk_keys: int | None = None, tile: dict = SMALL):
-        spec = _persistent_instance(problem, source, tile, warpgroups, warp_specialized)
+        spec = _with_defines(_persistent_instance(problem, source, tile, warpgroups, warp_specialized),
+                             FMHA_EMU_EARLY_COPIES=early_copies)
         shape = persistent_shape(spec)
         if chunk_keys is not None:   # a whole number of the kernel's key tiles
             chunk_keys = -(-chunk_keys // shape.block_k) * shape.block_k
@@ -94,8 +98,8 @@ def _emulator(libraries, source: str, warpgroups: str = "2", warp_specialized: s
 
 
 @pytest.fixture(scope="module", params=[(MMA_SOURCE, "2"), (WGMMA_SOURCE, "2"), (WGMMA_SOURCE, "1"),
-                                        (WGMMA_SOURCE, "2", "1")],
-                ids=["mma", "wgmma", "wgmma-1wg", "wgmma-ws"])
+                                        (WGMMA_SOURCE, "2", "1"), (WGMMA_SOURCE, "2", "1", "1")],
+                ids=["mma", "wgmma", "wgmma-1wg", "wgmma-ws", "wgmma-ws-early-copies"])
 def emulate(libraries, request):
     return _emulator(libraries, *request.param)
 
@@ -166,10 +170,11 @@ def test_more_blocks_than_items_leaves_blocks_idle(emulate):
     Problem(family="paged", mode="group", batch=2, seqlen_q=[40, 100], seqlen_k=[200, 100], nhead_q=4, nhead_k=2,
             hdim_q=64, mask="b", page_size=16, lse=True),
 ], ids=lambda p: p.name())
-def test_prefill_points_through_the_warp_specialised_persistent_kernel(libraries, problem):
+@pytest.mark.parametrize("early_copies", ["0", "1"], ids=["late-copies", "early-copies"])
+def test_prefill_points_through_the_warp_specialised_persistent_kernel(libraries, problem, early_copies):
     """Family fwd / paged prefill (batch mode reads its lengths from FmhaParams' scalars): a
     block's items follow each other through one producer-consumer pipeline."""
-    run, plan = _emulator(libraries, WGMMA_SOURCE, "2", "1")(problem, num_blocks=3)
+    run, plan = _emulator(libraries, WGMMA_SOURCE, "2", "1", early_copies)(problem, num_blocks=3)
     assert max(len(block) for block in plan.blocks) > 1
     _assert_matches(problem, run)
 
