@@ -21,7 +21,7 @@
    (fmha_async_barrier.h): no block barrier in the main loop, so the consumers drift apart and one's
    softmax overlaps another's GEMMs (H100, fp16 hdim 128 8k: 449 -> 615 TFLOPS; NOTES.md, session 8).
    A persistent block's producer runs on into its next item's Q and K/V while the consumers finish
-   the last one (H100, fp16 prefill up to 4k keys: +0.2..+18% over the grid launch, session 10).
+   the last one (H100, fp16 prefill up to 4k keys: +0.0..+18% over the grid launch, session 10).
 
    A block's attention is a work item (fmha_work_plan.h), as in fmha_fwd_mma.hip: entry
    fmha_fwd_wgmma(FmhaParams) runs the grid above (one item per block, every key, final output;
