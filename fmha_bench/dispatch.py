@@ -56,9 +56,9 @@ def candidates(problem: Problem, arch: str) -> Union[list, str]:
 
 # Prefill points whose longest sequence has at most this many keys take the persistent launch of the
 # warp-specialised tiles first (kernels_mixed.prefill_persistent_candidates): H100, fp16, against
-# the grid launch of the same tile, +0.0 (a tie: hdim 64 4k)..+18% at the 512..4k points of perf_prefill measured
-# (hdim 64/128/256, causal and not); at 8k and 16k -3.1..+3.9%, so the grid launch keeps them
-# (NOTES.md, session 10).
+# the grid launch of the same tile, +0.0 (a tie: hdim 64 4k) .. +18% at the 512..4k points of
+# perf_prefill measured (hdim 64/128/256, causal and not); at 8k and 16k -3.1..+3.9%, so the grid
+# launch keeps them (NOTES.md, session 10).
 PERSISTENT_MAX_KEYS = 4096
 
 
