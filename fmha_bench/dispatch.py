@@ -22,7 +22,7 @@ from typing import Union
 from . import archs, kernels, kernels_mfma, kernels_mla, kernels_mma, kernels_wgmma
 from .build.instance import KernelSpec
 from .kernels_mixed import candidate_instances, every_instance, mixed_candidates, prefill_persistent_candidates
-from .mixed_plan import computed_area
+from .mixed_plan import computed_area, visited_key_tiles
 from .problem import Problem, ProblemError
 
 
@@ -54,22 +54,26 @@ def candidates(problem: Problem, arch: str) -> Union[list, str]:
     return found + [(portable_tag(portable), portable)]
 
 
-# Prefill points whose longest sequence has at most this many keys take the persistent launch of the
-# warp-specialised tiles first (kernels_mixed.prefill_persistent_candidates): H100, fp16, against
-# the grid launch of the same tile, +0.0 (a tie: hdim 64 4k) .. +18% at the 512..4k points of
-# perf_prefill measured (hdim 64/128/256, causal and not); at 8k and 16k -3.1..+3.9%, so the grid
-# launch keeps them (NOTES.md, session 10).
-PERSISTENT_MAX_KEYS = 4096
+# Prefill points whose row tiles visit at most this many key tiles on average take the persistent
+# launch of a warp-specialised tile first (kernels_mixed.prefill_persistent_candidates): its producer
+# loads an item's Q and first K/V while the consumers finish the last item, a saving per item that
+# short items feel. H100 fp16, against the grid launch of the same tile (NOTES.md, sessions 10-11):
+# 4..32 key tiles per row tile (non-causal 512..4k with 128-key tiles, causal up to 8k) +0.0..+18%;
+# 64 (non-causal 8k; hdim 256's 64-key tiles at causal 8k) -0.5..-2.2%; 128 (16k) -3.1..+1.3%.
+PERSISTENT_MAX_KEY_TILES = 40
 
 
 def _persistent_first(problem: Problem, tiles: list) -> tuple[list, list]:
-    """(before, after) `tiles`: prefill points (one split) list the persistent instances of the
-    warp-specialised tiles among them, in their order, before them up to PERSISTENT_MAX_KEYS keys
-    and after them above; other points have none."""
+    """(before, after) `tiles`: prefill points (one split) list the persistent instance of each
+    warp-specialised tile among them, in their order, before them when its row tiles visit at most
+    PERSISTENT_MAX_KEY_TILES key tiles on average, after them otherwise; other points have none."""
     if max(problem.seqlens_q()) * problem.group_size <= DECODE_ROWS or problem.num_splits != 1:
         return [], []
-    persistent = prefill_persistent_candidates(problem, tiles)
-    return (persistent, []) if max(problem.seqlens_k()) <= PERSISTENT_MAX_KEYS else ([], persistent)
+    before, after = [], []
+    for tag, spec in prefill_persistent_candidates(problem, tiles):
+        visited, row_tiles = visited_key_tiles(problem, _block_q(spec), _block_k(spec))
+        (before if visited <= PERSISTENT_MAX_KEY_TILES * row_tiles else after).append((tag, spec))
+    return before, after
 
 
 def _mla_candidates(problem: Problem, arch: str, portable) -> Union[list, str]:

@@ -11,7 +11,7 @@ cache). The dispatcher offers two ways to run such a point, so a sweep times the
   so one captured graph replays for any batch whose plan, tables and partials fit the buffers.
   Prefill points of families fwd and paged get the same launch as a candidate
   (`prefill_persistent_candidates`, the warp-specialised tiles only, plans without splits, so no
-  merge; dispatch.PERSISTENT_MAX_KEYS says when it goes first).
+  merge; dispatch.PERSISTENT_MAX_KEY_TILES says when it goes first).
 - `separate` (provider `fmha:separate`, under --all-instances): the decode-like requests and the
   prefill requests, each part as a family paged problem through the dispatcher's own pick, in two
   launches on one stream over the same buffers: a part's FmhaParams is the batch's with the
@@ -71,7 +71,7 @@ def mixed_candidates(problem: Problem, arch: str) -> Union[list, str]:
         if isinstance(tiles, str):
             reasons.append(f"persistent kernel: {tiles}")
             continue
-        persistent = [(persistent_tag(tag), persistent_spec(spec)) for tag, spec in tiles]
+        persistent = [persistent_candidate(tag, spec) for tag, spec in tiles]
         if prefix == "mma-":
             persistent.sort(key=lambda item: persistent_shape(item[1]).block_q)
         found += persistent
@@ -90,13 +90,8 @@ def prefill_persistent_candidates(problem: Problem, found: list) -> list:
     family fwd / paged point's grid candidates `found`. Its producer copies the next item's Q and
     first K/V tiles while the consumers finish the last one, which a grid block (one item, then
     exit) cannot overlap; the plan also spreads causal row tiles of unequal length over the blocks."""
-    return [(persistent_tag(tag), persistent_spec(spec)) for tag, spec in found
+    return [persistent_candidate(tag, spec) for tag, spec in found
             if spec.source == kernels_wgmma.WGMMA_SOURCE and kernels_wgmma.spec_tile(spec)["warp_specialized"]]
-
-
-def persistent_tag(tag: str) -> str:
-    """`persistent-<tile>` of a tensor-core candidate's tag (`wgmma-q128k128ws`, `mma-q64k64w4`)."""
-    return f"persistent-{tag.split('-', 1)[1]}"
 
 
 def is_persistent(tag: str) -> bool:
@@ -130,10 +125,15 @@ def every_instance(problem: Problem, arch: str) -> list:
 
 
 # ----------------------------------------------------------------------------- persistent launch
-def persistent_spec(spec: KernelSpec) -> KernelSpec:
-    """The persistent instance of a forward candidate: same tile and flags, FMHA_PERSISTENT entry."""
-    return dataclasses.replace(spec, entry=PERSISTENT_ENTRIES[spec.source],
-                               defines=spec.defines + (("FMHA_PERSISTENT", "1"),), label=f"{spec.label}_persistent")
+def persistent_candidate(tag: str, spec: KernelSpec) -> tuple[str, KernelSpec]:
+    """(`persistent-<tile>`, instance) of a tensor-core grid candidate (`wgmma-q128k128ws`,
+    `mma-q64k64w4`): the same tile and flags, the FMHA_PERSISTENT entry; a warp-specialised wgmma
+    tile takes kernels_wgmma.PERSISTENT_KV_STAGES K/V stages where they fit (`persistent-q128k128s3ws`)."""
+    if spec.source == kernels_wgmma.WGMMA_SOURCE:
+        tag, spec = kernels_wgmma.with_persistent_stages(spec)
+    return f"persistent-{tag.split('-', 1)[1]}", dataclasses.replace(
+        spec, entry=PERSISTENT_ENTRIES[spec.source], defines=spec.defines + (("FMHA_PERSISTENT", "1"),),
+        label=f"{spec.label}_persistent")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ It takes the same FmhaParams as the portable kernel (kernels.kernel_args) and th
 (tile of query rows, KV head, sequence); only the tile and the dynamic shared memory differ.
 Candidates come from the arch's `mma_tiles` in kernel_src/arch_specs.json, the default first;
 tiles whose shared memory exceeds what the arch lets a block opt in to are left out.
-kernels_mixed.persistent_spec turns a candidate into its persistent instance (FMHA_PERSISTENT:
+kernels_mixed.persistent_candidate turns a candidate into its persistent instance (FMHA_PERSISTENT:
 a fixed grid walking a work plan, family mixed).
 """
 from __future__ import annotations

@@ -35,6 +35,11 @@ def block_q(tile: dict) -> int:
     return ROWS_PER_WARPGROUP * tile.get("warpgroups", 2)
 
 
+def kv_stages(tile: dict) -> int:
+    """K/V stages (FMHA_KV_STAGES): 2, or 3 on a warp-specialised tile that asks for them."""
+    return tile.get("stages", 2)
+
+
 def threads(tile: dict) -> int:
     """Consumer warpgroups, plus the producer warpgroup of a warp-specialised tile."""
     return THREADS_PER_WARPGROUP * (tile.get("warpgroups", 2) + (1 if tile.get("warp_specialized") else 0))
@@ -42,11 +47,11 @@ def threads(tile: dict) -> int:
 
 def shared_bytes(hdim_q: int, hdim_v: int, tile: dict, dtype: str = "fp16") -> int:
     """Dynamic shared memory (kSmemBytes in the kernel) plus the alignment slack: the Q tile and
-    two stages of K and V tiles, rows in whole 128-byte lines; fp8 adds V^T (both stages); a
-    warp-specialised tile adds its pipeline barriers (128 bytes)."""
-    itemsize, block_k = (1 if dtype.startswith("fp8") else 2), tile["block_k"]
-    q_k = (block_q(tile) + 2 * block_k) * _line_bytes(hdim_q, itemsize)
-    v = 2 * block_k * _line_bytes(hdim_v, itemsize) + (hdim_v * 2 * block_k if itemsize == 1 else 0)
+    the stages of K and V tiles (two unless the tile says `stages`), rows in whole 128-byte lines;
+    fp8 adds V^T (two stages); a warp-specialised tile adds its pipeline barriers (128 bytes)."""
+    itemsize, block_k, stages = (1 if dtype.startswith("fp8") else 2), tile["block_k"], kv_stages(tile)
+    q_k = (block_q(tile) + stages * block_k) * _line_bytes(hdim_q, itemsize)
+    v = stages * block_k * _line_bytes(hdim_v, itemsize) + (hdim_v * 2 * block_k if itemsize == 1 else 0)
     return q_k + v + (PIPELINE_BYTES if tile.get("warp_specialized") else 0) + ALIGN_SLACK
 
 
@@ -59,6 +64,7 @@ def static_shared_bytes(tile: dict, paged: bool) -> int:
 def tile_tag(tile: dict) -> str:
     blocks = tile.get("blocks_per_sm", 1)
     return (f"wgmma-q{block_q(tile)}k{tile['block_k']}" + (f"b{blocks}" if blocks > 1 else "")
+            + (f"s{kv_stages(tile)}" if kv_stages(tile) != 2 else "")
             + ("ws" if tile.get("warp_specialized") else ""))
 
 
@@ -74,6 +80,8 @@ def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, soft_
                ("FMHA_WARPGROUPS", str(tile.get("warpgroups", 2))), ("FMHA_SPLIT_KV", "1" if split_kv else "0"))
     if tile.get("warp_specialized"):
         defines += (("FMHA_WARP_SPECIALIZED", "1"),)
+    if kv_stages(tile) != 2:
+        defines += (("FMHA_KV_STAGES", str(kv_stages(tile))),)
     return KernelSpec(source=WGMMA_SOURCE, entry=WGMMA_ENTRY, defines=defines, arch=arch, label=label)
 
 
@@ -89,17 +97,45 @@ def wgmma_candidates(problem: Problem, arch: str) -> Union[list, str]:
              if problem.dtype in t.get("dtypes", TILE_DTYPES)]
     if not tiles:
         return f"hdim {problem.hdim_q}/{problem.hdim_v} has no {problem.dtype} wgmma tile"
-    limit = spec.get("shared_bytes_optin", spec["shared_bytes_per_block"])
-    # Blocks sharing an SM (blocks_per_sm) share its shared memory: the per-block opt-in limit plus
-    # the 1 KB the hardware reserves per block is the SM's capacity.
-    fitting = [t for t in tiles
-               if t.get("blocks_per_sm", 1) * (shared_bytes(problem.hdim_q, problem.hdim_v, t, problem.dtype)
-                                               + static_shared_bytes(t, problem.is_paged) + 1024) <= limit + 1024]
+    fitting = [t for t in tiles if _fits(arch, problem.hdim_q, problem.hdim_v, t, problem.dtype, problem.is_paged)]
     if not fitting:
-        return f"hdim {problem.hdim_q}/{problem.hdim_v}: no wgmma tile fits {limit} bytes of shared memory"
+        return f"hdim {problem.hdim_q}/{problem.hdim_v}: no wgmma tile fits {_shared_limit(arch)} bytes of shared memory"
     cap, kv_source, split = problem.soft_cap > 0, "paged" if problem.is_paged else "dense", problem.num_splits != 1
     return [(tile_tag(t), _spec(arch, problem.dtype, problem.hdim_q, problem.hdim_v, kv_source, cap, split, t))
             for t in fitting]
+
+
+def _shared_limit(arch: str) -> int:
+    spec = archs.get_arch(arch)
+    return spec.get("shared_bytes_optin", spec["shared_bytes_per_block"])
+
+
+def _fits(arch: str, hdim_q: int, hdim_v: int, tile: dict, dtype: str, paged: bool) -> bool:
+    """Blocks sharing an SM (blocks_per_sm) share its shared memory: the per-block opt-in limit plus
+    the 1 KB the hardware reserves per block is the SM's capacity."""
+    per_block = shared_bytes(hdim_q, hdim_v, tile, dtype) + static_shared_bytes(tile, paged) + 1024
+    return tile.get("blocks_per_sm", 1) * per_block <= _shared_limit(arch) + 1024
+
+
+# K/V stages of a persistent warp-specialised instance where its shared memory holds them: the
+# producer runs on into the next item's tiles while the consumers finish an item, and a third stage
+# lets it go a tile further. H100 fp16 causal prefill, persistent launch of the same tile with 3 vs 2
+# stages: hdim 128 +0.0..+3.0% (512..16k), hdim 64 (192-row tile) +0.0..+3.4% (NOTES.md, session 11);
+# the grid launch gains nothing from it (hdim 128 8k 650.6 vs 652.5 TFLOPS, hdim 64 521 vs 527).
+PERSISTENT_KV_STAGES = 3
+
+
+def with_persistent_stages(spec: KernelSpec) -> tuple[str, KernelSpec]:
+    """(tag, instance) of a grid candidate with PERSISTENT_KV_STAGES K/V stages when it is
+    warp-specialised and they fit; else the candidate's own tag and instance."""
+    tile, defines = spec_tile(spec), dict(spec.defines)
+    deeper = {**tile, "stages": PERSISTENT_KV_STAGES}
+    if not tile["warp_specialized"] or not _fits(spec.arch, int(defines["FMHA_HDIM_Q"]), int(defines["FMHA_HDIM_V"]),
+                                                 deeper, defines["FMHA_DTYPE"], defines["FMHA_KV_SOURCE"] == "paged"):
+        return tile_tag(tile), spec
+    return tile_tag(deeper), _spec(spec.arch, defines["FMHA_DTYPE"], int(defines["FMHA_HDIM_Q"]),
+                                   int(defines["FMHA_HDIM_V"]), defines["FMHA_KV_SOURCE"], defines["FMHA_SOFT_CAP"] == "1",
+                                   defines["FMHA_SPLIT_KV"] == "1", deeper)
 
 
 def spec_tile(spec: KernelSpec) -> dict:
@@ -109,7 +145,8 @@ def spec_tile(spec: KernelSpec) -> dict:
     return {"block_q": ROWS_PER_WARPGROUP * warpgroups, "block_k": int(defines["FMHA_BLOCK_K"]),
             "warpgroups": warpgroups,
             "blocks_per_sm": int(defines.get("FMHA_BLOCKS_PER_SM", 1)),
-            "warp_specialized": defines.get("FMHA_WARP_SPECIALIZED") == "1"}
+            "warp_specialized": defines.get("FMHA_WARP_SPECIALIZED") == "1",
+            "stages": int(defines.get("FMHA_KV_STAGES", 2))}
 
 
 def wgmma_launch_config(spec: KernelSpec, problem: Problem, num_splits: int = 1) -> tuple[tuple, tuple, int]:

@@ -159,20 +159,26 @@ def row_tiles(problem: Problem, block_q: int, block_k: int) -> list:
     return out
 
 
-def computed_area(problem: Problem, block_q: int, block_k: int) -> int:
-    """Query-row x key products a kernel with these tiles computes, padding and masked parts of
-    its visited tiles included (the dispatcher's measure of a tile's waste)."""
+def visited_key_tiles(problem: Problem, block_q: int, block_k: int) -> tuple[int, int]:
+    """(key tiles visited summed over every row tile, row tiles) of a kernel with these tiles."""
     per_sequence = {}   # batch mode repeats one (lengths, mask) per request and KV head
     masks = [problem.mask_for_kv_head(kv_head) for kv_head in range(problem.nhead_k)]
-    total = 0
+    visited = row_tile_count = 0
     for sq, sk in zip(problem.seqlens_q(), problem.seqlens_k()):
         for mask in masks:
             key = (sq, sk, mask)
             if key not in per_sequence:
-                _, _, sink, begin, end = _visited_tiles(mask, sq, sk, problem.group_size, block_q, block_k)
-                per_sequence[key] = int((sink + end - begin).sum()) * block_q * block_k
-            total += per_sequence[key]
-    return total
+                begins, _, sink, begin, end = _visited_tiles(mask, sq, sk, problem.group_size, block_q, block_k)
+                per_sequence[key] = (int((sink + end - begin).sum()), len(begins))
+            visited += per_sequence[key][0]
+            row_tile_count += per_sequence[key][1]
+    return visited, row_tile_count
+
+
+def computed_area(problem: Problem, block_q: int, block_k: int) -> int:
+    """Query-row x key products a kernel with these tiles computes, padding and masked parts of
+    its visited tiles included (the dispatcher's measure of a tile's waste)."""
+    return visited_key_tiles(problem, block_q, block_k)[0] * block_q * block_k
 
 
 def _items(tiles: list, chunk_tiles: int, block_q: int, block_k: int) -> list:

@@ -138,6 +138,16 @@ constexpr bool kWarpSpecialized = FMHA_WARP_SPECIALIZED != 0;
 constexpr int kConsumerThreads = 128 * kWarpgroups, kProducerThreads = kWarpSpecialized ? 128 : 0;
 constexpr int kThreads = kConsumerThreads + kProducerThreads;
 constexpr int kLoaderThreads = kWarpSpecialized ? kProducerThreads : kThreads;
+/* K/V stages (FMHA_KV_STAGES): two, or three for warp-specialised tiles whose shared memory has
+   room (the all-threads step's one block barrier frees exactly the stages two tiles apart). The
+   block's n-th K/V tile uses stage n % kStages for the (n / kStages)-th time. */
+#ifndef FMHA_KV_STAGES
+#define FMHA_KV_STAGES 2
+#endif
+constexpr int kStages = FMHA_KV_STAGES;
+static_assert(kStages == 2 || (kWarpSpecialized && kStages == 3), "K/V stages: 2, or 3 when warp-specialised");
+FMHA_DEVICE int stage_of(int n) { return (int)((unsigned)n % kStages); }
+FMHA_DEVICE int stage_use(int n) { return (int)((unsigned)n / kStages); }
 constexpr int kChunkValues = 16 / (int)sizeof(InT);   /* values per 16-byte chunk */
 constexpr int kStepValues = 32 / (int)sizeof(InT);    /* values per k-step (32 bytes: k16, or k32 for fp8) */
 constexpr int kKS = kDq / kStepValues;   /* k-steps of Q K^T */
@@ -163,18 +173,18 @@ constexpr int line_bytes = (Values * (int)sizeof(InT) + 127) / 128 * 128;
 constexpr int kQBytes = kBQ * line_bytes<kDq>, kKBytes = kBK * line_bytes<kDq>;
 constexpr int kVBytes = kBK * line_bytes<kDv>;      /* a V stage as loaded: the operand (16-bit), staging (fp8) */
 constexpr int kVtBytes = kFp8 ? kDv * 2 * kBK : 0;  /* fp8: V^T, both stages: [Dv][2 BK] K-major */
-constexpr int kTileBytes = kQBytes + 2 * kKBytes + 2 * kVBytes + kVtBytes;
+constexpr int kTileBytes = kQBytes + kStages * (kKBytes + kVBytes) + kVtBytes;
 
 /* Warp-specialised instances: the producer's copies of Q and of each K/V stage complete `full`
    phases (one arrival per producer thread, made when its copies have landed); the consumers'
    release of a stage completes an `empty` phase (one arrival per consumer warp, after its wgmma
    reading the stage retired). The n-th K/V tile a block handles (counted over all its work items:
    a persistent block's producer runs into the next item's tiles while the consumers finish the
-   last one's) uses stage n % 2 for the (n / 2)-th time: phase n / 2. Q has one stage: the
+   last one's) uses stage n % kStages for the (n / kStages)-th time. Q has one stage: the
    consumers release it (q_empty) once their last S = Q K^T retired, so the next item's Q lands
    while they finish P V and write O. */
 struct Pipeline {
-    MBarrier q, q_empty, full_k[2], full_v[2], empty_k[2], empty_v[2];
+    MBarrier q, q_empty, full_k[kStages], full_v[kStages], empty_k[kStages], empty_v[kStages];
 };
 /* Where a warp-specialised block's pipeline stands before a work item: K/V tiles and Q tiles it
    has put through it so far (the same count for the producer and the consumers). */
@@ -485,8 +495,8 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
 {
     unsigned char* const sq = smem;
     unsigned char* const sk = sq + kQBytes;     /* stage s at sk + s * kKBytes */
-    unsigned char* const sv = sk + 2 * kKBytes; /* stage s at sv + s * kVBytes (fp8: the staging tiles) */
-    unsigned char* const svt = sv + 2 * kVBytes;   /* fp8: V^T */
+    unsigned char* const sv = sk + kStages * kKBytes; /* stage s at sv + s * kVBytes (fp8: the staging tiles) */
+    unsigned char* const svt = sv + kStages * kVBytes;   /* fp8: V^T */
 
     const int tid = threadIdx.x - kProducerThreads, lane = tid % 32, warp = tid / 32, wg_index = warp / 4;
     const int b = item.seq, hk = item.kv_head;
@@ -555,7 +565,7 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
             /* the block's n-th tile into stage n % 2 once its (n / 2 - 1)-th tile was released */
             auto produce = [&](const auto& copier, const i64* offsets, unsigned char* stage_tile, int t,
                                MBarrier& empty, MBarrier& full) {
-                const int use = (n0 + t) >> 1;
+                const int use = stage_use(n0 + t);
                 if constexpr (kPaged) {
                     const auto rows = copier.read(offsets);
                     if (use > 0) mbarrier_wait(&empty, (use - 1) & 1);
@@ -571,12 +581,12 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
                lost 1% (hdim 128) and 4.5% (hdim 64) with it, so it keeps K_t then V_t (H100, s8). */
             constexpr int kAhead = kPaged ? 1 : 0;
             auto produce_k = [&](int t) {
-                const int stage = (n0 + t) & 1;
+                const int stage = stage_of(n0 + t);
                 produce(k_copier, k_offsets(row_table, t), sk + stage * kKBytes, t, pipe.empty_k[stage], pipe.full_k[stage]);
             };
             if (kAhead > 0) produce_k(0);
             for (int t = 0; t < tiles.count; ++t) {
-                const int stage = (n0 + t) & 1;
+                const int stage = stage_of(n0 + t);
                 if (t + kAhead < tiles.count) produce_k(t + kAhead);
                 produce(v_copier, v_offsets(row_table, t), sv + stage * kVBytes, t, pipe.empty_v[stage], pipe.full_v[stage]);
                 if constexpr (kPaged) {   /* tile t's slot: K_t and V_t issued (the last: the next item may refill) */
@@ -592,13 +602,13 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
        completed and this thread fenced the async proxy; a warp releases a stage once its wgmma
        reading it retired. (FA3's ping-pong, the two warpgroups taking turns to issue their GEMMs
        through named barriers, was measured slower here: NOTES.md, session 8.) */
-    auto landed = [&](MBarrier (&full)[2], int t) {
+    auto landed = [&](MBarrier (&full)[kStages], int t) {
         const int n = n0 + t;
-        mbarrier_wait(&full[n & 1], (n >> 1) & 1);
+        mbarrier_wait(&full[stage_of(n)], stage_use(n) & 1);
         wg::fence_async_shared();
     };
-    auto release = [&](MBarrier (&empty)[2], int t) {
-        if (lane == 0) mbarrier_arrive(&empty[(n0 + t) & 1]);
+    auto release = [&](MBarrier (&empty)[kStages], int t) {
+        if (lane == 0) mbarrier_arrive(&empty[stage_of(n0 + t)]);
     };
     auto release_q = [&] {   /* after the item's last S = Q K^T retired */
         if (lane == 0) mbarrier_arrive(&pipe.q_empty);
@@ -632,7 +642,7 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
 
     /* S = Q K_t^T into s: issued, not waited. */
     auto issue_qk = [&](float (&s)[kBK / 2], int t) {
-        const unsigned long long ks = k_desc + ((n0 + t) & 1) * smem_advance(kKBytes);
+        const unsigned long long ks = k_desc + stage_of(n0 + t) * smem_advance(kKBytes);
         wg::wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kKS; ++kk)
@@ -774,11 +784,11 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
         wg::wgmma_fence();
         if constexpr (kFp8) {
             /* V^T stage t % 2: its k-steps follow stage 0's kPS k-steps */
-            const unsigned long long vs = v_desc + ((n0 + t) & 1) * kmajor_advance<kDv>(kPS);
+            const unsigned long long vs = v_desc + stage_of(n0 + t) * kmajor_advance<kDv>(kPS);
 #pragma unroll
             for (int kk = 0; kk < kPS; ++kk) MmaO::rs(acc, pa[kk], vs + kmajor_advance<kDv>(kk), 1);
         } else {
-            const unsigned long long vs = v_desc + ((n0 + t) & 1) * smem_advance(kVBytes);
+            const unsigned long long vs = v_desc + stage_of(n0 + t) * smem_advance(kVBytes);
 #pragma unroll
             for (int kk = 0; kk < kPS; ++kk) MmaO::rs(acc, pa[kk], vs + nmajor_advance(kk), 1);
         }
@@ -904,7 +914,7 @@ static FMHA_DEVICE void run_roles(unsigned char* smem, const Body& body)
         if (threadIdx.x == 0) {
             mbarrier_init(&pipe.q, kProducerThreads);
             mbarrier_init(&pipe.q_empty, kConsumerThreads / 32);
-            for (int stage = 0; stage < 2; ++stage) {
+            for (int stage = 0; stage < kStages; ++stage) {
                 mbarrier_init(&pipe.full_k[stage], kProducerThreads);
                 mbarrier_init(&pipe.full_v[stage], kProducerThreads);
                 mbarrier_init(&pipe.empty_k[stage], kConsumerThreads / 32);

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from fmha_bench.dispatch import PERSISTENT_MAX_KEYS, candidates, instances_for, launch_config, num_splits_for
-from fmha_bench.kernels_mixed import persistent_spec
+from fmha_bench.dispatch import PERSISTENT_MAX_KEY_TILES, candidates, instances_for, launch_config, num_splits_for
+from fmha_bench.kernels_mixed import persistent_candidate
 from fmha_bench.kernels_mma import MMA_SOURCE, shared_bytes
 from fmha_bench.kernels_wgmma import WGMMA_SOURCE
 from fmha_bench.kernels_wgmma import shared_bytes as wgmma_shared_bytes
@@ -15,10 +15,10 @@ from fmha_bench.problem import Problem
 def test_hopper_fp16_prefill_prefers_wgmma_then_mma_sync_then_the_portable_kernel():
     found = candidates(Problem(hdim_q=128), "sm_90a")
     tags = [tag for tag, _ in found]
-    assert tags[:5] == ["persistent-q128k128ws", "wgmma-q128k128ws", "wgmma-q128k128", "wgmma-q64k64b2", "mma-q128k64w8"]
+    assert tags[:5] == ["persistent-q128k128s3ws", "wgmma-q128k128ws", "wgmma-q128k128", "wgmma-q64k64b2", "mma-q128k64w8"]
     assert tags[-1].startswith("portable-")
     assert [spec.source for _, spec in found[:-1]] == [WGMMA_SOURCE] * 4 + [MMA_SOURCE] * (len(found) - 5)
-    assert found[0][1] == persistent_spec(found[1][1])   # the warp-specialised tile over a plan
+    assert found[0][1] == persistent_candidate(*found[1])[1]   # the warp-specialised tile over a plan
 
 
 def test_ampere_has_no_wgmma_candidate():
@@ -122,7 +122,7 @@ def test_decode_like_points_take_each_family_s_smallest_row_tile_first_wgmma_ahe
     assert [tag for tag, _ in candidates(decode, "sm_90a")][:4] == ["wgmma-q64k64b2", "wgmma-q128k128ws", "wgmma-q128k128",
                                                                     "mma-q64k64w4"]
     assert [tag for tag, _ in candidates(prefill, "sm_90a")][:4] == ["wgmma-q128k128ws", "wgmma-q128k128",
-                                                                     "wgmma-q64k64b2", "persistent-q128k128ws"]
+                                                                     "wgmma-q64k64b2", "persistent-q128k128s3ws"]
     assert candidates(decode, "sm_80")[0][0] == "mma-q64k64w4"
     fp8 = Problem(family="paged", page_size=16, batch=64, seqlen_q=1, seqlen_k=8192, nhead_q=32, nhead_k=8,
                   hdim_q=64, mask="b", dtype="fp8_e4m3fn")
@@ -172,18 +172,25 @@ def test_prefill_tiles_that_pad_far_more_than_the_next_give_way_to_it():
     def first(seqlen, mask):
         problem = Problem(hdim_q=64, nhead_q=32, batch=16384 // seqlen, seqlen_q=seqlen, seqlen_k=seqlen, mask=mask)
         return candidates(problem, "sm_90a")[0][0]
-    assert [first(s, "none") for s in (512, 1024, 8192)] == ["persistent-q192k128ws"] * 2 + ["wgmma-q192k128ws"]
-    assert [first(s, "causal") for s in (512, 1024)] == ["persistent-q128k128ws"] * 2    # 1.69x, 1.33x the area
-    assert [first(s, "causal") for s in (2048, 8192)] == ["persistent-q192k128ws", "wgmma-q192k128ws"]  # 1.11x, 1.01x
+    assert [first(s, "none") for s in (512, 1024, 8192)] == ["persistent-q192k128s3ws"] * 2 + ["wgmma-q192k128ws"]
+    assert [first(s, "causal") for s in (512, 1024)] == ["persistent-q128k128s3ws"] * 2    # 1.69x, 1.33x the area
+    assert [first(s, "causal") for s in (2048, 8192)] == ["persistent-q192k128s3ws"] * 2  # 1.11x, 1.01x
 
 
-def test_prefill_points_up_to_4k_keys_take_the_persistent_launch_of_the_warp_specialised_tile_first():
+def test_prefill_points_of_short_row_tiles_take_the_persistent_launch_of_the_warp_specialised_tile_first():
+    """Up to PERSISTENT_MAX_KEY_TILES key tiles per row tile on average (128-key tiles: non-causal
+    4k, causal 8k), the persistent launch leads; longer row tiles keep it after every wgmma tile."""
     def tags(**fields):
         return [tag for tag, _ in candidates(Problem(**{"hdim_q": 128, **fields}), "sm_90a")]
-    assert tags(seqlen_q=PERSISTENT_MAX_KEYS, seqlen_k=PERSISTENT_MAX_KEYS)[:2] == ["persistent-q128k128ws",
-                                                                                 "wgmma-q128k128ws"]
-    longer = tags(seqlen_q=1024, seqlen_k=PERSISTENT_MAX_KEYS + 1)   # the longest sequence's keys decide
-    assert longer[0] == "wgmma-q128k128ws" and longer.index("persistent-q128k128ws") == 3   # after the wgmma tiles
+    assert 32.5 <= PERSISTENT_MAX_KEY_TILES < 64   # between the measured wins and losses
+    assert tags(seqlen_q=4096, seqlen_k=4096)[:2] == ["persistent-q128k128s3ws", "wgmma-q128k128ws"]   # 32 tiles
+    assert tags(seqlen_q=8192, seqlen_k=8192, mask="causal")[0] == "persistent-q128k128s3ws"          # 32.5 on average
+    for longer in (tags(seqlen_q=8192, seqlen_k=8192),                                              # 64 tiles
+                   tags(seqlen_q=16384, seqlen_k=16384, mask="causal"),                              # 64.5
+                   tags(seqlen_q=1024, seqlen_k=8192)):                                              # 64: keys decide
+        assert longer[0] == "wgmma-q128k128ws" and longer.index("persistent-q128k128s3ws") > longer.index("wgmma-q128k128")
+    hd256 = [tag for tag, _ in candidates(Problem(hdim_q=256, seqlen_q=8192, mask="causal"), "sm_90a")]
+    assert hd256[0] == "wgmma-q128k64ws" and "persistent-q128k64ws" in hd256   # 64-key tiles: 64.5; no room for 3 stages
     assert not any(t.startswith("persistent-") for t in tags(seqlen_q=1, seqlen_k=2048, batch=64))  # decode-like
     assert not any(t.startswith("persistent-") for t in tags(family="splitkv", seqlen_q=512, num_splits=2))
     assert not any(t.startswith("persistent-") for t in tags(seqlen_q=512, dtype="fp8_e4m3fn"))   # no fp8 ws tile

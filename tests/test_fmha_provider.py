@@ -161,8 +161,8 @@ def test_a_kernel_pattern_with_wildcards_matches_a_whole_tag_and_a_plain_one_any
         provider = FmhaProvider()
         provider.force_kernel(pattern)
         picks[pattern] = provider._select(prefill, device.arch)[0][0]
-    assert picks == {"ws": "persistent-q128k128ws", "wgmma-*ws": "wgmma-q128k128ws", "wgmma-*": "wgmma-q128k128ws",
-                     "mma-*": "mma-q128k64w8", "persistent-": "persistent-q128k128ws"}
+    assert picks == {"ws": "persistent-q128k128s3ws", "wgmma-*ws": "wgmma-q128k128ws", "wgmma-*": "wgmma-q128k128ws",
+                     "mma-*": "mma-q128k64w8", "persistent-": "persistent-q128k128s3ws"}
 
 
 def test_a_prefill_point_s_persistent_pick_is_one_launch_over_its_plan_without_a_merge(no_compiler):
@@ -170,11 +170,11 @@ def test_a_prefill_point_s_persistent_pick_is_one_launch_over_its_plan_without_a
     keeps the length scalars batch mode reads."""
     prefill = Problem(batch=2, seqlen_q=1000, seqlen_k=1000, nhead_q=8, nhead_k=2, hdim_q=128, mask="b", lse=True)
     backend, session, prepared = _prepared(prefill)
-    assert prepared.kernel.startswith("fwd_dense_fp16_hd128_wgmma_q128k128ws_persistent") and "merge" not in prepared.kernel
+    assert prepared.kernel.startswith("fwd_dense_fp16_hd128_wgmma_q128k128s3ws_persistent") and "merge" not in prepared.kernel
     assert prepared.notes[0].startswith("persistent plan: 132 blocks") and "0 row tiles split" in prepared.notes[0]
     backend.calls.clear()
     prepared.launch()
     (launch,) = [c for c in backend.calls if c[0] == "launch"]
-    assert launch[2:5] == ((132, 1, 1), (384, 1, 1), 164992)
+    assert launch[2:5] == ((132, 1, 1), (384, 1, 1), 230528)   # Q and three K/V stages (kernels_wgmma.shared_bytes)
     values = unpack(ctypes.string_at(ctypes.c_void_p.from_address(launch[5].address).value, ctypes.sizeof(FmhaParams)))
     assert (values["batch"], values["max_seqlen_q"], values["max_seqlen_k"]) == (2, 1000, 1000)

@@ -57,25 +57,28 @@ def _with_defines(spec, **defines):
     return dataclasses.replace(spec, defines=tuple({**dict(spec.defines), **defines}.items()))
 
 
-def _persistent_instance(problem: Problem, source: str, tile: dict, warpgroups: str, warp_specialized: str):
+def _persistent_instance(problem: Problem, source: str, tile: dict, warpgroups: str, warp_specialized: str,
+                         stages: str):
     """The problem's persistent candidate of kernel `source` on sm_90a: mma.sync with `tile`'s
     rows, keys and warps; wgmma (`warpgroups` x 64 rows, all threads or a producer warpgroup and
-    consumers) with 64-key tiles, so short plan chunks fit."""
+    consumers, `stages` K/V stages) with 64-key tiles, so short plan chunks fit."""
     found = (mixed_candidates if problem.family == "mixed" else candidates)(problem, "sm_90a")
     assert not isinstance(found, str), found
     spec = next(spec for _, spec in found if spec.source == source and spec.entry == PERSISTENT_ENTRIES[source])
     if source == MMA_SOURCE:
         return _with_defines(spec, FMHA_BLOCK_Q=str(tile["block_q"]), FMHA_BLOCK_K=str(tile["block_k"]),
                              FMHA_WARPS=str(tile["warps"]))
-    return _with_defines(spec, FMHA_BLOCK_K="64", FMHA_WARPGROUPS=warpgroups, FMHA_WARP_SPECIALIZED=warp_specialized)
+    return _with_defines(spec, FMHA_BLOCK_K="64", FMHA_WARPGROUPS=warpgroups, FMHA_WARP_SPECIALIZED=warp_specialized,
+                         FMHA_KV_STAGES=stages)
 
 
-def _emulator(libraries, source: str, warpgroups: str = "2", warp_specialized: str = "0", early_copies: str = "0"):
+def _emulator(libraries, source: str, warpgroups: str = "2", warp_specialized: str = "0", early_copies: str = "0",
+              stages: str = "2"):
     """emulate(problem, num_blocks, chunk_keys=None, tile=SMALL) -> (Emulated, plan): the persistent
     launch of kernel `source` over `num_blocks` blocks with the plan make_plan gives, then the merge."""
 
     def run(problem: Problem, num_blocks: int, chunk_keys: int | None = None, tile: dict = SMALL):
-        spec = _with_defines(_persistent_instance(problem, source, tile, warpgroups, warp_specialized),
+        spec = _with_defines(_persistent_instance(problem, source, tile, warpgroups, warp_specialized, stages),
                              FMHA_EMU_EARLY_COPIES=early_copies)
         shape = persistent_shape(spec)
         if chunk_keys is not None:   # a whole number of the kernel's key tiles
@@ -98,8 +101,9 @@ def _emulator(libraries, source: str, warpgroups: str = "2", warp_specialized: s
 
 
 @pytest.fixture(scope="module", params=[(MMA_SOURCE, "2"), (WGMMA_SOURCE, "2"), (WGMMA_SOURCE, "1"),
-                                        (WGMMA_SOURCE, "2", "1"), (WGMMA_SOURCE, "2", "1", "1")],
-                ids=["mma", "wgmma", "wgmma-1wg", "wgmma-ws", "wgmma-ws-early-copies"])
+                                        (WGMMA_SOURCE, "2", "1"), (WGMMA_SOURCE, "2", "1", "1"),
+                                        (WGMMA_SOURCE, "2", "1", "1", "3")],
+                ids=["mma", "wgmma", "wgmma-1wg", "wgmma-ws", "wgmma-ws-early-copies", "wgmma-ws-3-stages"])
 def emulate(libraries, request):
     return _emulator(libraries, *request.param)
 
@@ -171,10 +175,12 @@ def test_more_blocks_than_items_leaves_blocks_idle(emulate):
             hdim_q=64, mask="b", page_size=16, lse=True),
 ], ids=lambda p: p.name())
 @pytest.mark.parametrize("early_copies", ["0", "1"], ids=["late-copies", "early-copies"])
-def test_prefill_points_through_the_warp_specialised_persistent_kernel(libraries, problem, early_copies):
+@pytest.mark.parametrize("stages", ["2", "3"], ids=["2-stages", "3-stages"])
+def test_prefill_points_through_the_warp_specialised_persistent_kernel(libraries, problem, early_copies, stages):
     """Family fwd / paged prefill (batch mode reads its lengths from FmhaParams' scalars): a
-    block's items follow each other through one producer-consumer pipeline."""
-    run, plan = _emulator(libraries, WGMMA_SOURCE, "2", "1", early_copies)(problem, num_blocks=3)
+    block's items follow each other through one producer-consumer pipeline (stage n % stages,
+    phase n / stages over the block's tiles)."""
+    run, plan = _emulator(libraries, WGMMA_SOURCE, "2", "1", early_copies, stages)(problem, num_blocks=3)
     assert max(len(block) for block in plan.blocks) > 1
     _assert_matches(problem, run)
 
