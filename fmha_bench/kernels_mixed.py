@@ -105,12 +105,12 @@ def grid_candidates(found: list) -> list:
 
 
 def candidate_instances(problem: Problem, arch: str, tag: str, spec: KernelSpec) -> list:
-    """The instances candidate (tag, spec) launches: the persistent kernel and the merge of the
-    rows its plans split, each part's instance (`separate`), or the instance itself."""
+    """The instances candidate (tag, spec) launches: the persistent kernel and (family mixed, whose
+    plans split rows) the merge, each part's instance (`separate`), or the instance itself."""
     if tag == SEPARATE_TAG:
         parts = separate_parts(problem, arch)
         return [] if isinstance(parts, str) else list(dict.fromkeys(part.spec for part in parts))
-    if is_persistent(tag):
+    if is_persistent(tag) and problem.family == "mixed":
         return [spec, kernels.merge_items_spec(problem, arch)]
     return [spec]
 
@@ -188,8 +188,8 @@ def merge_launch_config(num_blocks: int) -> tuple[tuple, tuple, int]:
 
 def plan_for(problem: Problem, spec: KernelSpec, arch: str, sm_count: int) -> MixedPlan:
     """The work plan of `problem` for the persistent grid of `spec` on a device of `sm_count` SMs.
-    Family mixed splits any row tile; a prefill point's plan keeps them whole but for its last
-    round (make_plan with split False)."""
+    Only family mixed splits rows (a prefill point's row tiles are many and even enough; the merge
+    kernel addresses group-mode rows only)."""
     shape = persistent_shape(spec)
     return make_plan(problem, shape.block_q, shape.block_k, persistent_blocks(spec, arch, sm_count),
                      split=problem.family == "mixed")

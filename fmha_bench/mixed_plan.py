@@ -212,63 +212,6 @@ def _assign(costs: list, num_blocks: int, order: list) -> tuple:
     return blocks, loads
 
 
-def _assign_cutting_the_last_round(tiles: list, items: list, num_blocks: int, order: list,
-                                   block_q: int, block_k: int) -> tuple:
-    """(pieces, blocks, loads) for whole row tiles `items` ([(row tile index, WorkItem)], over
-    `tiles`): in `order`, each to the least loaded block while it fits an even share; one that
-    does not is cut at a key tile so that its first part fills that block to the share and the rest
-    goes on to the next least loaded block, unless a part would be shorter than MIN_CHUNK_KEYS.
-    Each cut adds an item overhead that the share must hold too: with n cuts at the plain share
-    (total / blocks), the shares for 1, 2 and 3 n more overheads are tried, the lowest maximum kept
-    (a cut row tile's last part may need a block of its own). `pieces` is the items list with cut
-    tiles replaced by their parts; blocks index it."""
-    total = sum(item.cost for _, item in items)
-    best = _fill_to_share(tiles, items, num_blocks, order, block_q, block_k, total / num_blocks)
-    cuts = len(best[0]) - len(items)
-    for extra in (cuts, 2 * cuts, 3 * cuts) if cuts else ():
-        tried = _fill_to_share(tiles, items, num_blocks, order, block_q, block_k,
-                               (total + extra * 2 * block_q) / num_blocks)
-        if max(tried[2]) < max(best[2]):
-            best = tried
-    return best
-
-
-def _fill_to_share(tiles: list, items: list, num_blocks: int, order: list, block_q: int, block_k: int,
-                   share: float) -> tuple:
-    overhead, min_tiles = 2 * block_q, max(1, MIN_CHUNK_KEYS // block_k)
-    heap = [(0, block) for block in range(num_blocks)]
-    pieces, blocks = [], [[] for _ in range(num_blocks)]
-    for i in order:
-        index, item = items[i]
-        tile, first, end = tiles[index], item.key_begin // block_k, item.key_end // block_k
-        while True:
-            load, block = heapq.heappop(heap)
-            rest = tile.tiles_in(first, end)
-            room = int((share - load - overhead) // block_k)
-            cut = end if load + overhead + rest * block_k <= share or min(room, rest - room) < min_tiles \
-                else _tile_after(tile, first, room)
-            taken = tile.tiles_in(first, cut)
-            pieces.append((index, dataclasses.replace(item, key_begin=first * block_k, key_end=cut * block_k,
-                                                      cost=overhead + taken * block_k)))
-            blocks[block].append(len(pieces) - 1)
-            heapq.heappush(heap, (load + overhead + taken * block_k, block))
-            if cut == end:
-                break
-            first = cut
-    loads = [0] * num_blocks
-    for load, block in heap:
-        loads[block] = load
-    return pieces, blocks, loads
-
-
-def _tile_after(tile: RowTile, first: int, count: int) -> int:
-    """The key tile index after the first `count` tiles `tile` visits from `first` on."""
-    cut = first
-    while tile.tiles_in(first, cut) < count:
-        cut += 1
-    return cut
-
-
 def _l2_windows(problem: Problem, items: list) -> list:
     """Per item (in creation order: by request, then KV head): its window, a run of consecutive
     (request, KV head)s whose K and V together fit L2_WINDOW_BYTES (at least one each)."""
@@ -302,8 +245,8 @@ def make_plan(problem: Problem, block_q: int, block_k: int, num_blocks: int,
               chunk_keys: int | None = None, split: bool = True) -> MixedPlan:
     """The plan of a valid problem for `num_blocks` persistent blocks of a kernel with `block_q` x
     `block_k` tiles; `chunk_keys` (a multiple of block_k) forces the chunk length; `split` False
-    (prefill points) keeps row tiles whole whatever `chunk_keys` says, except where cutting the
-    last round's (_assign_cutting_the_last_round) lowers the largest load by MIN_SPLIT_GAIN."""
+    keeps every row tile whole whatever `chunk_keys` says (no partials: batch-mode problems, whose
+    rows the merge kernel does not address)."""
     if num_blocks < 1:
         raise ValueError(f"make_plan: num_blocks must be >= 1, got {num_blocks}")
     if chunk_keys is not None and (chunk_keys < block_k or chunk_keys % block_k):
@@ -315,14 +258,9 @@ def make_plan(problem: Problem, block_q: int, block_k: int, num_blocks: int,
         items = _items(tiles, chunk, block_q, block_k)
         costs = [item.cost for _, item in items]
         window = [0] * len(items) if split else _l2_windows(problem, [item for _, item in items])
-        order = sorted(range(len(items)), key=lambda i: (window[i], -costs[i]))
-        blocks, loads = _assign(costs, num_blocks, order)
+        blocks, loads = _assign(costs, num_blocks, sorted(range(len(items)), key=lambda i: (window[i], -costs[i])))
         if best is None or max(loads) < best[0] * (1 - MIN_SPLIT_GAIN):
             best = (max(loads), chunk, items, blocks)
-        if not split:
-            pieces, blocks, loads = _assign_cutting_the_last_round(tiles, items, num_blocks, order, block_q, block_k)
-            if max(loads) < best[0] * (1 - MIN_SPLIT_GAIN):
-                best = (max(loads), chunk, pieces, blocks)
     _, chunk, items, blocks = best
     slots, merges = _slots(items)
     ordered = tuple(tuple(dataclasses.replace(items[i][1], slot=slots.get(i, -1)) for i in block) for block in blocks)

@@ -2,7 +2,7 @@
    (SPEC 6). Two entries, one merge rule:
    - fmha_combine(FmhaParams): the split-KV partials of fmha_fwd.hip, num_splits per output row.
    - fmha_merge_items(FmhaMixedArgs): the partial slots that a persistent launch's split rows wrote
-     (fmha_fwd_mma.hip / fmha_fwd_wgmma.hip with FMHA_PERSISTENT), one merge task per split row tile of
+     (fmha_fwd_mma.hip with FMHA_PERSISTENT, family mixed), one merge task per split row tile of
      the plan (fmha_work_plan.h); a fixed grid walks the tasks' rows, so its launch shape does not
      depend on the batch composition either.
 
@@ -113,11 +113,9 @@ extern "C" __global__ void FMHA_LAUNCH_BOUNDS(FMHA_THREADS) fmha_merge_items(Fmh
         const int r = (int)(flat % slot_rows), m = task.row_begin + r;
         if (m >= task.row_end) continue;
         const int h = task.kv_head * group + m % group;
-        /* group mode (family mixed, varlen prefill): rows of [total_q, ...] from seqstart_q (batch
-           strides 0); batch mode (a prefill point's plan cutting its last row tiles): [B, ...] */
-        const i64 token = (p.group_mode ? ((const int*)p.seqstart_q)[task.seq] : 0) + m / group;
-        const i64 o_at = task.seq * p.o_batch_stride + h * p.o_head_stride + token * p.o_row_stride;
-        const i64 lse_at = task.seq * p.lse_batch_stride + h * p.lse_head_stride + token;
+        const i64 token = ((const int*)p.seqstart_q)[task.seq] + m / group;   /* family mixed: group mode */
+        const i64 o_at = h * p.o_head_stride + token * p.o_row_stride;
+        const i64 lse_at = h * p.lse_head_stride + token;
         const i64 first = (i64)task.slot_begin * slot_rows + r;   /* the task's partials: consecutive slots */
         const float sink = p.has_sink ? ((const float*)p.sink_logits)[h] : -FMHA_INF;
         merge_row((const float*)args.lse_part + first, slot_rows, (const float*)args.o_part + first * kDv,

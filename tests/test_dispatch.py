@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from fmha_bench.dispatch import PERSISTENT_MAX_KEY_TILES, candidates, instances_for, launch_config, num_splits_for
-from fmha_bench.kernels_mixed import candidate_instances, persistent_candidate
+from fmha_bench.kernels_mixed import persistent_candidate
 from fmha_bench.kernels_mma import MMA_SOURCE, shared_bytes
 from fmha_bench.kernels_wgmma import WGMMA_SOURCE
 from fmha_bench.kernels_wgmma import shared_bytes as wgmma_shared_bytes
@@ -104,8 +104,7 @@ def test_instances_for_lists_every_candidate_once_and_skips_unsupported():
     specs = instances_for(problems, ["sm_80", "sm_90a"])
     assert len(specs) == len(set(specs))
     for arch in ("sm_80", "sm_90a"):
-        assert {s for s in specs if s.arch == arch} == {instance for p in problems[:3] for tag, spec in candidates(p, arch)
-                                                        for instance in candidate_instances(p, arch, tag, spec)}
+        assert {s for s in specs if s.arch == arch} == {spec for p in problems[:3] for _, spec in candidates(p, arch)}
 
 
 def test_instances_for_adds_the_split_instances_and_one_combine_per_arch():

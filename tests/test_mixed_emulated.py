@@ -83,7 +83,7 @@ def _emulator(libraries, source: str, warpgroups: str = "2", warp_specialized: s
         shape = persistent_shape(spec)
         if chunk_keys is not None:   # a whole number of the kernel's key tiles
             chunk_keys = -(-chunk_keys // shape.block_k) * shape.block_k
-        plan = make_plan(problem, shape.block_q, shape.block_k, num_blocks, chunk_keys, split=problem.family == "mixed")
+        plan = make_plan(problem, shape.block_q, shape.block_k, num_blocks, chunk_keys)
         x = problem.make_inputs(seed=1)
         host, ptrs = host_buffers_with_nan_page(problem, x)
         host["plan"] = plan.words()
@@ -173,18 +173,15 @@ def test_more_blocks_than_items_leaves_blocks_idle(emulate):
             mask="t:20,0", sink=True, lse=True),
     Problem(family="paged", mode="group", batch=2, seqlen_q=[40, 100], seqlen_k=[200, 100], nhead_q=4, nhead_k=2,
             hdim_q=64, mask="b", page_size=16, lse=True),
-    Problem(batch=2, seqlen_q=100, seqlen_k=1000, nhead_q=4, nhead_k=2, hdim_q=64, mask="b", lse=True, sink=True),
 ], ids=lambda p: p.name())
 @pytest.mark.parametrize("early_copies", ["0", "1"], ids=["late-copies", "early-copies"])
 @pytest.mark.parametrize("stages", ["2", "3"], ids=["2-stages", "3-stages"])
 def test_prefill_points_through_the_warp_specialised_persistent_kernel(libraries, problem, early_copies, stages):
     """Family fwd / paged prefill (batch mode reads its lengths from FmhaParams' scalars): a
     block's items follow each other through one producer-consumer pipeline (stage n % stages,
-    phase n / stages over the block's tiles). The last: 8 row tiles of 16 key tiles on 3 blocks,
-    so the plan cuts its last round and the merge writes batch-mode rows."""
+    phase n / stages over the block's tiles)."""
     run, plan = _emulator(libraries, WGMMA_SOURCE, "2", "1", early_copies, stages)(problem, num_blocks=3)
     assert max(len(block) for block in plan.blocks) > 1
-    assert bool(plan.merges) == (problem.seqlens_k()[0] == 1000), len(plan.merges)
     _assert_matches(problem, run)
 
 

@@ -20,8 +20,7 @@ from fmha_bench.kernels_mixed import (MIXED_ARG_POINTERS, PERSISTENT_ENTRIES, SE
 from fmha_bench.dispatch import candidates
 from fmha_bench.kernels_mma import MMA_SOURCE
 from fmha_bench.kernels_wgmma import WGMMA_SOURCE
-from fmha_bench.mixed_plan import (ITEM_FIELDS, L2_WINDOW_BYTES, MERGE_FIELDS, MIN_CHUNK_KEYS, PLAN_HEADER_WORDS,
-                                   make_plan)
+from fmha_bench.mixed_plan import ITEM_FIELDS, L2_WINDOW_BYTES, MERGE_FIELDS, PLAN_HEADER_WORDS, make_plan
 from fmha_bench.problem import Problem
 from fmha_bench.providers.fmha import FmhaProvider
 from fmha_bench.session import PointSession
@@ -284,16 +283,14 @@ def test_persistent_launch_enqueues_the_same_two_launches_for_any_composition():
 def test_prefill_plans_keep_row_tiles_whole_and_run_the_heads_of_one_l2_window_at_a_time():
     """Causal 2k prefill, 8 x 16 heads of 1 MB of K/V each: the items the 132 blocks start with
     read the 24 heads of one L2_WINDOW_BYTES window (longest first over the whole batch, family
-    mixed's order, starts them on all 128), and the blocks' loads stay within 1% of the mean (4%
-    without cutting the last round's row tiles)."""
+    mixed's order, starts them on all 128), and the blocks' loads stay within 4% of the mean."""
     p = Problem(batch=8, seqlen_q=2048, seqlen_k=2048, nhead_q=16, hdim_q=128, mask="b")
     plan = make_plan(p, 128, 128, 132, split=False)
-    cut = {(m.seq, m.kv_head, m.row_begin) for m in plan.merges}
-    assert 0 < len(cut) < 132 and all(item.slot >= 0 for item in plan.items() if (item.seq, item.kv_head, item.row_begin) in cut)
+    assert not plan.merges and {item.slot for item in plan.items()} == {-1}
     assert make_plan(p, 128, 128, 132, chunk_keys=256, split=False) == plan   # whole row tiles regardless
     head_bytes = 2048 * (128 + 128) * 2
     assert len({(block[0].seq, block[0].kv_head) for block in plan.blocks}) == L2_WINDOW_BYTES // head_bytes == 24
-    assert max(plan.block_costs()) <= 1.01 * sum(plan.block_costs()) / 132
+    assert max(plan.block_costs()) <= 1.04 * sum(plan.block_costs()) / 132
     by_cost = make_plan(p, 128, 128, 132)
     assert len({(block[0].seq, block[0].kv_head) for block in by_cost.blocks}) == 128
     spec = next(spec for tag, spec in candidates(p, "sm_90a") if tag.startswith("persistent-"))
@@ -307,25 +304,3 @@ def test_separate_parts_are_grid_launches_even_where_the_dispatcher_picks_a_pers
     prefill = next(part for part in parts if part.problem.seqlens_q()[0] == 2048)
     assert candidates(prefill.problem, "sm_90a")[0][0] == "persistent-q128k128ws"
     assert prefill.tag == "wgmma-q128k128ws" and prefill.spec.entry == "fmha_fwd_wgmma"
-
-
-def test_a_prefill_plan_cuts_its_last_round_of_row_tiles_to_even_the_blocks_out():
-    """2048 equal row tiles (64 key tiles) on 132 blocks: whole, 68 blocks run 16 and 64 run 15
-    (the largest load 1.031x the mean); cutting the 68 of the last round over the blocks that ran
-    15 evens them to 1.001x. The parts of a cut tile cover its keys once, in consecutive slots,
-    none shorter than MIN_CHUNK_KEYS; every other row tile stays one whole item."""
-    p = Problem(batch=2, seqlen_q=8192, seqlen_k=8192, nhead_q=16, hdim_q=128)
-    plan = make_plan(p, 128, 128, 132, split=False)
-    costs = plan.block_costs()
-    assert max(costs) <= 1.001 * sum(costs) / 132 and len(plan.merges) == 68
-    parts = {}
-    for item in plan.items():
-        parts.setdefault((item.seq, item.kv_head, item.row_begin), []).append(item)
-    for merge in plan.merges:
-        pieces = sorted(parts[(merge.seq, merge.kv_head, merge.row_begin)], key=lambda item: item.key_begin)
-        assert [item.key_begin for item in pieces[1:]] == [item.key_end for item in pieces[:-1]]
-        assert (pieces[0].key_begin, pieces[-1].key_end) == (0, 8192) and len(pieces) == merge.slot_count
-        assert sorted(item.slot for item in pieces) == list(range(merge.slot_begin, merge.slot_begin + merge.slot_count))
-        assert min(item.key_end - item.key_begin for item in pieces) >= MIN_CHUNK_KEYS
-    whole = [items for key, items in parts.items() if key not in {(m.seq, m.kv_head, m.row_begin) for m in plan.merges}]
-    assert all(len(items) == 1 and items[0].slot == -1 and items[0].key_end == 8192 for items in whole)

@@ -177,9 +177,8 @@ class FmhaProvider(Provider):
                                    (function, grid, block, shared, args)], [append_name, name], p_precision(spec))
 
     def _prepare_persistent(self, problem, session, spec) -> Prepared:
-        """The persistent launch over the point's work plan, then the merge of the rows the plan
-        split (family mixed: always, so one graph replays for any composition; prefill points: when
-        the plan cut row tiles of its last round)."""
+        """The persistent launch over the point's work plan, then (family mixed: its plans split
+        rows, and one graph replays for any composition) the merge of the rows the plan split."""
         from ..backends.base import KernelArguments
         from ..dispatch import p_precision
         from ..kernels import merge_items_spec
@@ -193,7 +192,7 @@ class FmhaProvider(Provider):
         backend.copy_to_device(session.workspaces["plan"], plan.words())
         args = KernelArguments(mixed_args(problem, session.inputs, ptrs))
         launches, names = [(function, grid, block, shared, args)], [name]
-        if problem.family == "mixed" or plan.merges:
+        if problem.family == "mixed":
             merge_name, merge = self._function(merge_items_spec(problem, arch), problem, session)
             launches.append((merge, *merge_launch_config(grid[0]), args))
             names.append(merge_name)
