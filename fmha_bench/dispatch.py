@@ -57,9 +57,10 @@ def candidates(problem: Problem, arch: str) -> Union[list, str]:
 # Prefill points whose row tiles visit at most this many key tiles on average take the persistent
 # launch of a warp-specialised tile first (kernels_mixed.prefill_persistent_candidates): its producer
 # loads an item's Q and first K/V while the consumers finish the last item, a saving per item that
-# short items feel. H100 fp16, against the grid launch of the same tile (NOTES.md, sessions 10-11):
-# 4..32 key tiles per row tile (non-causal 512..4k with 128-key tiles, causal up to 8k) +0.0..+18%;
-# 64 (non-causal 8k; hdim 256's 64-key tiles at causal 8k) -0.5..-2.2%; 128 (16k) -3.1..+1.3%.
+# short items feel. H100 fp16, against the grid launch of the same tile (NOTES.md, session 11, with
+# three K/V stages; hdim 256 session 10, two): 4..32.5 key tiles per row tile (non-causal 512..4k
+# with 128-key tiles, causal up to 8k) +1.3..+20%; 64 (non-causal 8k, causal 16k; hdim 256's
+# 64-key tiles at causal 8k) -2.7..+0.1% but hdim 64 causal 16k +2%; 128 (non-causal 16k) -9..-1%.
 PERSISTENT_MAX_KEY_TILES = 40
 
 
