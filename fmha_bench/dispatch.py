@@ -60,7 +60,7 @@ def candidates(problem: Problem, arch: str) -> Union[list, str]:
 # short items feel. H100 fp16, against the grid launch of the same tile (NOTES.md, session 11, with
 # three K/V stages; hdim 256 session 10, two): 4..32.5 key tiles per row tile (non-causal 512..4k
 # with 128-key tiles, causal up to 8k) +1.3..+20%; 64 (non-causal 8k, causal 16k; hdim 256's
-# 64-key tiles at causal 8k) -2.7..+0.1% but hdim 64 causal 16k +2%; 128 (non-causal 16k) -9..-1%.
+# 64-key tiles at non-causal 4k, causal 8k) -2.7..+2.0%; 128 (non-causal 16k) -9..+1.3%.
 PERSISTENT_MAX_KEY_TILES = 40
 
 
