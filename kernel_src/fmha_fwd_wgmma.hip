@@ -15,13 +15,14 @@
 
    Warp-specialised instances (16-bit, grid or persistent): an extra warpgroup, the producer, does
    every copy (each item's Q once the consumers released the previous one's, then K_t and V_t into
-   stage n % 2, n counting the block's tiles over its items, as soon as the consumers released the
+   stage n % kStages, n counting the block's tiles over its items, as soon as the consumers released the
    stage's previous tile; paged rows through its own row table) and gives its registers to the two
    (hdim 64: three) consumer warpgroups (setmaxnreg), which only wait on mbarriers
    (fmha_async_barrier.h): no block barrier in the main loop, so the consumers drift apart and one's
    softmax overlaps another's GEMMs (H100, fp16 hdim 128 8k: 449 -> 615 TFLOPS; NOTES.md, session 8).
    A persistent block's producer runs on into its next item's Q and K/V while the consumers finish
-   the last one (H100, fp16 prefill up to 4k keys: +0.0..+18% over the grid launch, session 10).
+   the last one, through three K/V stages where shared memory holds them (H100, fp16 prefill with
+   short row tiles: +1..+20% over the grid launch; NOTES.md, sessions 10-11).
 
    A block's attention is a work item (fmha_work_plan.h), as in fmha_fwd_mma.hip: entry
    fmha_fwd_wgmma(FmhaParams) runs the grid above (one item per block, every key, final output;
@@ -31,9 +32,9 @@
    tiles), split rows writing fp32 partials.
 
    Algorithm:
-   - Q, and two stages of K/V tiles, live in shared memory in the 128-byte swizzled layout that
-     wgmma reads (fmha_wgmma.h); every thread fetches 16-byte chunks with cp.async, absent keys
-     zero-filled.
+   - Q, and two (persistent warp-specialised: three) stages of K/V tiles, live in shared memory
+     in the 128-byte swizzled layout that wgmma reads (fmha_wgmma.h); every thread fetches 16-byte
+     chunks with cp.async, absent keys zero-filled.
    - S = Q K^T (m64 x BLOCK_K per warpgroup, both operands from shared memory); the online softmax
      on S's accumulator registers; O += P V with P from registers (rounded to the input type) and
      V from shared memory. Step t issues S_{t+1} and P_t V_t back to back and runs the softmax of
@@ -562,7 +563,7 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
             if (queries > 0) mbarrier_wait(&pipe.q_empty, (queries - 1) & 1);
             load_tile_async<kBQ, kDq>(sq, (const InT*)p.q, QueryRows{p, b, hk, group, q_first, rows, m0});
             mbarrier_arrive_after_copies(&pipe.q);
-            /* the block's n-th tile into stage n % 2 once its (n / 2 - 1)-th tile was released */
+            /* the block's n-th tile into stage n % kStages once its (n / kStages - 1)-th tile there was released */
             auto produce = [&](const auto& copier, const i64* offsets, unsigned char* stage_tile, int t,
                                MBarrier& empty, MBarrier& full) {
                 const int use = stage_use(n0 + t);
