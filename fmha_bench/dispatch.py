@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Union
 
-from . import archs, kernels, kernels_mfma, kernels_mla, kernels_mma, kernels_wgmma
+from . import archs, kernels, kernels_mfma, kernels_mla, kernels_mma, kernels_pages, kernels_wgmma
 from .build.instance import KernelSpec
 from .kernels_mixed import candidate_instances, every_instance, mixed_candidates, prefill_persistent_candidates
 from .mixed_plan import computed_area, visited_key_tiles
@@ -43,15 +43,16 @@ def candidates(problem: Problem, arch: str) -> Union[list, str]:
     if isinstance(portable, str):
         return portable
     found = []
-    # of the tensor-core kernels only wgmma splits K/V
-    families = (kernels_wgmma.wgmma_candidates, kernels_mma.mma_candidates, kernels_mfma.mfma_candidates)
-    for family in families if problem.num_splits == 1 else families[:1]:
+    # of the tensor-core kernels wgmma and the whole-page decode kernel split K/V
+    families = (kernels_wgmma.wgmma_candidates, kernels_pages.pages_candidates, kernels_mma.mma_candidates,
+                kernels_mfma.mfma_candidates)
+    for family in families if problem.num_splits == 1 else families[:2]:
         tiles = family(problem, arch)
         if not isinstance(tiles, str):
             tiles = _decode_first(problem, arch, _least_waste_first(problem, tiles))
             before, after = _persistent_first(problem, tiles)
             found += before + tiles + after
-    return found + [(portable_tag(portable), portable)]
+    return _whole_pages_first(problem, arch, found) + [(portable_tag(portable), portable)]
 
 
 # Prefill points whose row tiles visit at most this many key tiles on average take the persistent
@@ -104,6 +105,8 @@ DECODE_ROWS = 64
 def _block_q(spec: KernelSpec) -> int:
     if spec.source == kernels_wgmma.WGMMA_SOURCE:
         return kernels_wgmma.spec_tile(spec)["block_q"]
+    if spec.source == kernels_pages.PAGES_SOURCE:
+        return kernels_pages.ROWS_PER_HEAD
     return int(dict(spec.defines)["FMHA_BLOCK_Q"])
 
 
@@ -141,22 +144,46 @@ def _least_waste_first(problem: Problem, found: list) -> list:
     return order
 
 
-def _decode_first(problem: Problem, arch: str, found: list) -> list:
-    """Decode-like points: the tiles whose grid fills its waves of resident blocks best (blocks /
-    (waves x block slots of the GPU)) first, then the smallest row tile."""
+def _blocks(problem: Problem, spec: KernelSpec) -> int:
+    """The instance's grid blocks for the point with the problem's split count (0 counts as 1)."""
+    splits = max(problem.num_splits, 1)
+    if spec.source == kernels_pages.PAGES_SOURCE:
+        return kernels_pages.unsplit_blocks(spec, problem) * splits
     rows = max(problem.seqlens_q()) * problem.group_size
-    if rows > DECODE_ROWS:
-        return found
+    return -(-rows // _block_q(spec)) * problem.nhead_k * problem.batch * splits
+
+
+def _fill(problem: Problem, arch: str, spec: KernelSpec) -> float:
+    """How well the grid fills its waves of resident blocks: blocks / (waves x block slots of the
+    GPU); 1 where the arch names no SM count or the splits are auto (they fill the GPU themselves)."""
     units = archs.get_arch(arch).get("compute_units")
+    if not units or problem.num_splits == 0:
+        return 1.0
+    blocks, slots = _blocks(problem, spec), units * _resident_blocks(spec)
+    return blocks / (-(-blocks // slots) * slots)
 
-    def fill(spec: KernelSpec) -> float:
-        if not units or problem.num_splits == 0:   # auto splits fill the GPU by themselves
-            return 1.0
-        blocks = -(-rows // _block_q(spec)) * problem.nhead_k * problem.batch * problem.num_splits
-        slots = units * _resident_blocks(spec)
-        return blocks / (-(-blocks // slots) * slots)
 
-    return sorted(found, key=lambda item: (-fill(item[1]), _block_q(item[1])))
+def _decode_first(problem: Problem, arch: str, found: list) -> list:
+    """Decode-like points: the tiles whose grid fills its waves of resident blocks best first, then
+    the smallest row tile."""
+    if max(problem.seqlens_q()) * problem.group_size > DECODE_ROWS:
+        return found
+    return sorted(found, key=lambda item: (-_fill(problem, arch, item[1]), _block_q(item[1])))
+
+
+# The whole-page decode kernel (kernels_pages) reads the rows of several KV heads of a page at once,
+# which pays where the page ids are in random order: H100 fp16 b64 8k GQA 32:8, page 1: <measured>.
+def _whole_pages_first(problem: Problem, arch: str, found: list) -> list:
+    """The whole-page decode tiles before every other candidate when the best of them fills the
+    GPU's block slots at least as well as the first of the others; else after the wgmma tiles."""
+    pages = [item for item in found if item[1].source == kernels_pages.PAGES_SOURCE]
+    if not pages:
+        return found
+    others = [item for item in found if item[1].source != kernels_pages.PAGES_SOURCE]
+    if not others or _fill(problem, arch, pages[0][1]) >= _fill(problem, arch, others[0][1]):
+        return pages + others
+    wgmma = [item for item in others if item[1].source == kernels_wgmma.WGMMA_SOURCE]
+    return wgmma + pages + others[len(wgmma):]
 
 
 def instances_for(problems, arch_names) -> list[KernelSpec]:
@@ -186,6 +213,8 @@ def num_splits_for(problem: Problem, spec: KernelSpec, num_sms: int) -> int:
     with the instance's row tile and the device's SM (CU) count."""
     if problem.num_splits > 0:
         return problem.num_splits
+    if spec.source == kernels_pages.PAGES_SOURCE:
+        return kernels.splits_to_fill(problem, num_sms, kernels_pages.unsplit_blocks(spec, problem))
     return kernels.choose_num_splits(problem, num_sms, _block_q(spec))
 
 
@@ -196,6 +225,8 @@ def launch_config(spec: KernelSpec, problem: Problem, num_splits: int = 1) -> tu
         return kernels_mfma.mfma_launch_config(spec, problem)
     if spec.source == kernels_mma.MMA_SOURCE:
         return kernels_mma.mma_launch_config(spec, problem)
+    if spec.source == kernels_pages.PAGES_SOURCE:
+        return kernels_pages.pages_launch_config(spec, problem, num_splits)
     if spec.source in kernels_mla.MLA_SOURCES:
         return kernels_mla.mla_launch_config(spec, problem, num_splits)
     return kernels.launch_config(spec, problem, num_splits)
@@ -205,5 +236,6 @@ def p_precision(spec: KernelSpec) -> str:
     """What the forward instance rounds P to before P.V (validate.tolerance_for): the tensor-core
     kernels the input type (a 16-bit type for fp8 inputs: "input" allows fp8's coarser rounding),
     the portable kernel nothing (fp32). Split or not."""
-    tensor_core = (kernels_wgmma.WGMMA_SOURCE, kernels_mma.MMA_SOURCE, *kernels_mla.MLA_SOURCES, kernels_mfma.MFMA_SOURCE)
+    tensor_core = (kernels_wgmma.WGMMA_SOURCE, kernels_mma.MMA_SOURCE, kernels_pages.PAGES_SOURCE, *kernels_mla.MLA_SOURCES,
+                   kernels_mfma.MFMA_SOURCE)
     return "input" if spec.source in tensor_core else "fp32"

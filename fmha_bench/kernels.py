@@ -164,13 +164,20 @@ def shipped_instances(arch: str) -> list[KernelSpec]:
 
 # ----------------------------------------------------------------------------- split count
 def choose_num_splits(problem: Problem, num_sms: int, block_q: int) -> int:
+    """Split count for num_splits 0 (auto) of a kernel whose unsplit grid has one block per
+    `block_q` rows of each sequence's query heads sharing a KV head, per KV head
+    (splits_to_fill)."""
+    blocks = sum(-(-sq * problem.group_size // block_q) for sq in problem.seqlens_q()) * problem.nhead_k
+    return splits_to_fill(problem, num_sms, blocks)
+
+
+def splits_to_fill(problem: Problem, num_sms: int, blocks: int) -> int:
     """Split count for num_splits 0 (auto), from the shapes alone. `blocks` = the unsplit
-    forward grid's useful blocks (each sequence's tiles of `block_q` rows x KV heads):
+    forward grid's useful blocks:
     - 1 when blocks >= num_sms (the grid already fills the GPU) or there is nothing to do;
     - else enough splits for ~TARGET_WAVES blocks per SM, ceil(TARGET_WAVES * num_sms / blocks),
       capped so that each split of the longest sequence keeps >= MIN_KEYS_PER_SPLIT keys, and
       at MAX_AUTO_SPLITS."""
-    blocks = sum(-(-sq * problem.group_size // block_q) for sq in problem.seqlens_q()) * problem.nhead_k
     if blocks == 0 or blocks >= num_sms:
         return 1
     wanted = -(-TARGET_WAVES * num_sms // blocks)
