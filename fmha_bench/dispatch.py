@@ -52,7 +52,7 @@ def candidates(problem: Problem, arch: str) -> Union[list, str]:
             tiles = _decode_first(problem, arch, _least_waste_first(problem, tiles))
             before, after = _persistent_first(problem, tiles)
             found += before + tiles + after
-    return _whole_pages_first(problem, arch, found) + [(portable_tag(portable), portable)]
+    return _place_whole_pages(problem, arch, found) + [(portable_tag(portable), portable)]
 
 
 # Prefill points whose row tiles visit at most this many key tiles on average take the persistent
@@ -171,19 +171,21 @@ def _decode_first(problem: Problem, arch: str, found: list) -> list:
     return sorted(found, key=lambda item: (-_fill(problem, arch, item[1]), _block_q(item[1])))
 
 
-# The whole-page decode kernel (kernels_pages) reads the rows of several KV heads of a page at once,
-# which pays where the page ids are in random order: H100 fp16 b64 8k GQA 32:8, page 1: <measured>.
-def _whole_pages_first(problem: Problem, arch: str, found: list) -> list:
-    """The whole-page decode tiles before every other candidate when the best of them fills the
-    GPU's block slots at least as well as the first of the others; else after the wgmma tiles."""
+# The whole-page decode kernel (kernels_pages) goes after the wgmma tiles: on the H100 it ties with
+# wgmma's decode tile (b64 8k GQA 32:8 hdim 128 fp16, TB/s pages-h4k32w8s3 / wgmma-q64k64b2: page 1
+# 2.93-2.95 / 2.94, page 16 2.98-3.01 / 3.00-3.01), and it leads mma.sync's decode tile (2.11 / 2.50
+# at page 1 / 16), the best decode kernel where there is no wgmma (sm_80) (NOTES.md, session 12).
+def _place_whole_pages(problem: Problem, arch: str, found: list) -> list:
+    """The whole-page decode tiles after the wgmma tiles, then before the other kernels' tiles when
+    the best of them fills the GPU's block slots at least as well as the first of those."""
     pages = [item for item in found if item[1].source == kernels_pages.PAGES_SOURCE]
     if not pages:
         return found
-    others = [item for item in found if item[1].source != kernels_pages.PAGES_SOURCE]
-    if not others or _fill(problem, arch, pages[0][1]) >= _fill(problem, arch, others[0][1]):
-        return pages + others
-    wgmma = [item for item in others if item[1].source == kernels_wgmma.WGMMA_SOURCE]
-    return wgmma + pages + others[len(wgmma):]
+    wgmma = [item for item in found if item[1].source == kernels_wgmma.WGMMA_SOURCE]
+    rest = [item for item in found if item[1].source not in (kernels_wgmma.WGMMA_SOURCE, kernels_pages.PAGES_SOURCE)]
+    if rest and _fill(problem, arch, pages[0][1]) < _fill(problem, arch, rest[0][1]):
+        return wgmma + rest + pages
+    return wgmma + pages + rest
 
 
 def instances_for(problems, arch_names) -> list[KernelSpec]:
@@ -214,7 +216,7 @@ def num_splits_for(problem: Problem, spec: KernelSpec, num_sms: int) -> int:
     if problem.num_splits > 0:
         return problem.num_splits
     if spec.source == kernels_pages.PAGES_SOURCE:
-        return kernels.splits_to_fill(problem, num_sms, kernels_pages.unsplit_blocks(spec, problem))
+        return kernels_pages.auto_splits(spec, problem, num_sms)
     return kernels.choose_num_splits(problem, num_sms, _block_q(spec))
 
 

@@ -194,3 +194,47 @@ def test_prefill_points_of_short_row_tiles_take_the_persistent_launch_of_the_war
     assert not any(t.startswith("persistent-") for t in tags(seqlen_q=1, seqlen_k=2048, batch=64))  # decode-like
     assert not any(t.startswith("persistent-") for t in tags(family="splitkv", seqlen_q=512, num_splits=2))
     assert not any(t.startswith("persistent-") for t in tags(seqlen_q=512, dtype="fp8_e4m3fn"))   # no fp8 ws tile
+
+
+# ----------------------------------------------------------------------------- the whole-page decode kernel
+def _paged_decode(**fields) -> Problem:
+    base = dict(family="paged", page_size=1, batch=64, seqlen_q=1, seqlen_k=8192, nhead_q=32, nhead_k=8, hdim_q=128,
+                mask="b")
+    return Problem(**{**base, **fields})
+
+
+def test_whole_page_decode_tiles_follow_wgmma_and_lead_mma_sync_where_they_fill_the_gpu_as_well():
+    hopper = [tag for tag, _ in candidates(_paged_decode(), "sm_90a")]
+    assert [tag.split("-")[0] for tag in hopper[:6]] == ["wgmma"] * 3 + ["pages"] * 2 + ["mma"]
+    # 128 blocks on 132 SMs vs mma.sync's 512 64-row blocks: 0.97 of their waves either way
+    assert hopper[hopper.index("pages-h4k32w8s3") + 2] == "mma-q64k64w4"
+    # b16: 32 blocks of 4 heads fill a quarter of the SMs, mma.sync's 128 blocks nearly all
+    small = [tag.split("-")[0] for tag, _ in candidates(_paged_decode(batch=16), "sm_90a")]
+    assert small.index("mma") < small.index("pages")
+
+
+def test_whole_page_decode_kernel_refuses_what_it_cannot_read_whole():
+    from fmha_bench.kernels_pages import pages_candidates
+    assert "dense" in pages_candidates(_paged_decode(family="fwd", page_size=0), "sm_90a")
+    assert "headwise" in pages_candidates(_paged_decode(page_table="headwise", page_size=16), "sm_90a")
+    assert "20 query rows" in pages_candidates(_paged_decode(seqlen_q=5), "sm_90a")   # 5 positions x 4 heads
+    assert "fp8" in pages_candidates(_paged_decode(dtype="fp8_e4m3fn"), "sm_90a")
+    assert "no mma.sync" in pages_candidates(_paged_decode(), "gfx942")
+    assert "no whole-page decode tile" in pages_candidates(_paged_decode(hdim_q=256), "sm_90a")
+
+
+def test_whole_page_decode_grid_and_auto_splits():
+    found = dict(candidates(_paged_decode(num_splits=0), "sm_90a"))
+    four, eight = found["pages-h4k32w8s3"], found["pages-h8k16w8s3"]
+    grid, block, shared = launch_config(four, _paged_decode(), 3)
+    assert grid == (3, 2, 64) and block == (256, 1, 1) and shared == 2 * 3 * 4 * 32 * 256
+    # 128 blocks nearly fill 132 SMs: unsplit; 64 blocks of 8 heads: ceil(2 * 132 / 64) = 5 splits
+    assert num_splits_for(_paged_decode(num_splits=0), four, 132) == 1
+    assert num_splits_for(_paged_decode(num_splits=0), eight, 132) == 5
+    assert ("pages-h4k32w8s3" in dict(candidates(_paged_decode(num_splits=4), "sm_90a")))   # splits: partials
+
+
+def test_whole_page_decode_instances_are_built_with_the_combine():
+    specs = instances_for([_paged_decode(num_splits=0)], ["sm_90a", "sm_80"])
+    sources = {spec.source for spec in specs}
+    assert {"fmha_decode_pages.hip", "fmha_combine.hip"} <= sources

@@ -15,18 +15,20 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module", params=["dispatcher", "wgmma", "wgmma-decode", "wgmma-ws", "wgmma-ws3",
-                                        "wgmma-persistent", "mma", "portable"])
+                                        "wgmma-persistent", "pages", "mma", "portable"])
 def gpu(request):
     """Every case runs with the dispatcher's pick and with each kernel family forced: wgmma
     (sm_90a; its first grid tile, its first one-warpgroup decode tile at any query length, its
     first warp-specialised grid tile: tags ending in `ws`, the three-consumer one of hdim 64, and
-    the persistent launch of a warp-specialised tile over a plan: prefill points), mma.sync,
-    portable (skipped where the forced family does not run the case)."""
+    the persistent launch of a warp-specialised tile over a plan: prefill points), the whole-page
+    decode kernel (paged points with <= 16 rows per KV head), mma.sync, portable (skipped where the
+    forced family does not run the case)."""
     backend, device = open_gpu()
     from fmha_bench.providers.fmha import FmhaProvider
     provider = FmhaProvider()
     forced = {"wgmma": "wgmma-*", "wgmma-decode": "wgmma-q64", "wgmma-ws": "wgmma-*ws", "wgmma-ws3": "wgmma-q192",
-              "wgmma-persistent": "persistent-", "mma": "mma-*", "portable": "portable"}.get(request.param)
+              "wgmma-persistent": "persistent-", "pages": "pages-*", "mma": "mma-*",
+              "portable": "portable"}.get(request.param)
     if forced:
         provider.force_kernel(forced)
     return backend, device, provider
@@ -118,6 +120,23 @@ def test_paged_kv_with_shuffled_pages_and_partial_last_page(gpu, page_size, tabl
 def test_paged_decode_batch_mode(gpu):
     _check(gpu, Problem(family="paged", batch=4, seqlen_q=1, seqlen_k=1000, nhead_q=32, nhead_k=8, hdim_q=128,
                         mask="b", page_size=16))
+
+
+@pytest.mark.parametrize("problem", [
+    Problem(family="paged", batch=8, seqlen_q=1, seqlen_k=3000, nhead_q=32, nhead_k=8, hdim_q=128, mask="b",
+            page_size=1, lse=True),
+    Problem(family="paged", mode="group", batch=3, seqlen_q=[4, 1, 2], seqlen_k=[900, 0, 17], nhead_q=8, nhead_k=2,
+            hdim_q=64, mask="xb:20", page_size=3, page_table="sglang", kv_layout="nhd", lse=True),
+    Problem(family="paged", mode="group", batch=3, seqlen_q=[2, 1, 1], seqlen_k=[700, 40, 129], nhead_q=12,
+            nhead_k=6, hdim_q=128, mask="b", page_size=16, kv_layout="nhd", dtype="bf16", soft_cap=20.0, sink=True,
+            lse=True),
+    Problem(family="paged", batch=4, seqlen_q=1, seqlen_k=2049, nhead_q=16, nhead_k=16, hdim_q=128, mask="0",
+            page_size=64, lse=True),
+], ids=lambda p: p.name())
+def test_decode_over_pages_of_several_kv_heads(gpu, problem):
+    """Decode shapes the whole-page kernel takes (<= 16 rows per KV head): page 1 and partial pages,
+    both layouts and tables, speculative queries under windows, idle head slots (6 KV heads)."""
+    _check(gpu, problem)
 
 
 def test_headwise_tables_never_read_recycled_blocks(gpu):
