@@ -15,13 +15,11 @@ import dataclasses
 
 import numpy as np
 import pytest
-from test_kernels_emulated import CXX, DRIVER, host_buffers_with_nan_page, kernel_libraries, run_emulated
-from test_mma_emulated import Emulated as Unsplit
+from test_kernels_emulated import CXX, DRIVER, host_buffers_with_nan_page, kernel_libraries
 from test_mma_emulated import _assert_matches
+from test_wgmma_emulated import Emulated, launch_and_combine
 
-from fmha_bench import dtypes
 from fmha_bench.dispatch import num_splits_for
-from fmha_bench.kernels import combine_launch_config, kernel_args, select_combine
 from fmha_bench.kernels_pages import pages_candidates, pages_launch_config, shared_bytes, spec_tile
 from fmha_bench.problem import Problem
 from fmha_bench.reference import split_partials
@@ -48,11 +46,6 @@ def combine_library(tmp_path_factory):
     return kernel_libraries(tmp_path_factory.mktemp("pages_combine"), "c")
 
 
-@dataclasses.dataclass
-class Emulated(Unsplit):
-    lse_acc: np.ndarray | None = None   # split partial LSEs [num_splits, *LSE shape] (None when unsplit)
-
-
 def with_tile(spec, tile: dict):
     defines = {**dict(spec.defines), "FMHA_KV_HEADS": str(tile["kv_heads"]), "FMHA_BLOCK_K": str(tile["block_k"]),
                "FMHA_WARPS": str(tile["warps"]), "FMHA_KV_STAGES": str(tile["stages"])}
@@ -75,12 +68,7 @@ def emulate(library, combine_library):
         grid, block, shared = pages_launch_config(spec, problem, splits)
         lib = library(spec)
         assert block == (lib.threads(), 1, 1) and lib.smem_bytes() == shared
-        args = kernel_args(problem, x, ptrs, splits)
-        run_emulated(lib, args, grid)
-        if splits > 1:
-            combine = select_combine(problem, "sm_90a")
-            run_emulated(combine_library(combine), args, combine_launch_config(combine, problem)[0])
-        return Emulated(dtypes.decode(host["o"], problem.out_dt), host["lse"], x, host.get("lse_acc"))
+        return launch_and_combine(lib, combine_library, problem, x, host, ptrs, grid, splits)
 
     return run
 

@@ -216,8 +216,8 @@ def test_prefill_only_batches_take_the_separate_launch_first():
 def test_arches_without_mma_run_the_separate_launches_and_fp8_runs_only_on_wgmma():
     assert [tag for tag, _ in mixed_candidates(serving([100], [700]), "gfx942")] == [SEPARATE_TAG]
     interleaved_fp8 = serving([100], [700, 9], dtype="fp8_e4m3fn", seqlen_q=[1, 100, 1], seqlen_k=[700, 100, 9])
-    assert [tag for tag, _ in mixed_candidates(interleaved_fp8, "sm_90a")] == ["persistent-q128k128",
-                                                                               "persistent-q64k128"]   # wgmma fp8
+    assert [tag for tag, _ in mixed_candidates(interleaved_fp8, "sm_90a")] == ["persistent-q64k128",
+                                                                               "persistent-q128k128"]   # wgmma fp8
     reason = mixed_candidates(interleaved_fp8, "sm_80")
     assert "sm_80 has no wgmma" in reason and "mma.sync kernel takes fp16/bf16" in reason and "contiguous" in reason
 

@@ -68,14 +68,19 @@ def emulate(library, combine_library):
         grid, block, shared = wgmma_launch_config(spec, problem, splits)
         lib = library(spec)
         assert block == (lib.threads(), 1, 1) and lib.smem_bytes() + 1024 == shared
-        args = kernel_args(problem, x, ptrs, splits)
-        run_emulated(lib, args, grid)
-        if splits > 1:
-            combine = select_combine(problem, "sm_90a")
-            run_emulated(combine_library(combine), args, combine_launch_config(combine, problem)[0])
-        return Emulated(dtypes.decode(host["o"], problem.out_dt), host["lse"], x, host.get("lse_acc"))
+        return launch_and_combine(lib, combine_library, problem, x, host, ptrs, grid, splits)
 
     return run
+
+
+def launch_and_combine(lib, combine_library, problem: Problem, x, host: dict, ptrs: dict, grid, splits: int) -> Emulated:
+    """One emulated launch of `lib`'s forward kernel over `grid`, then (splits > 1) the combine."""
+    args = kernel_args(problem, x, ptrs, splits)
+    run_emulated(lib, args, grid)
+    if splits > 1:
+        combine = select_combine(problem, "sm_90a")
+        run_emulated(combine_library(combine), args, combine_launch_config(combine, problem)[0])
+    return Emulated(dtypes.decode(host["o"], problem.out_dt), host["lse"], x, host.get("lse_acc"))
 
 
 def with_block_k(spec, block_k: int):
