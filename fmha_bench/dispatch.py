@@ -2,7 +2,9 @@
 chose from (for `--all-instances`).
 
 Candidates, in preference order: the Hopper wgmma kernel's tiles (kernels_wgmma; sm_90a, dense or
-paged, fp16/bf16/fp8, split-KV too), the mma.sync kernel's tiles (kernels_mma; NVIDIA sm_80+,
+paged, fp16/bf16/fp8, split-KV too), the whole-page decode kernel's tiles (kernels_pages; NVIDIA
+sm_80+, paged points with <= 16 rows per KV head, split-KV too; after the mma.sync tiles where its
+grid fills the GPU worse), the mma.sync kernel's tiles (kernels_mma; NVIDIA sm_80+,
 fp16/bf16, one split) with the arch's default tile first, the AMD matrix-core kernel's tiles
 (kernels_mfma; MFMA on gfx90a/gfx942/gfx950, WMMA on gfx1100/gfx1201; compiled and CPU-emulated
 here, never run on AMD hardware) (prefill: within each kernel, a tile computing much more padded or
