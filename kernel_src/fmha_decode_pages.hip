@@ -7,7 +7,9 @@
    head each read a 256-byte piece of every 2 KB page, and the pieces of one page arrive at DRAM
    apart in time: page-1 decode moved 2.93 TB/s against 3.06 with the same ids in order (H100,
    NOTES.md session 11). A copy-only model of this kernel's reads moved 2.99 (4 heads, 1 KB runs)
-   and 3.05 (8 heads) against 2.90 for per-head blocks (session 12).
+   and 3.05 (8 heads) against 2.90 for per-head blocks; the kernel itself ties with the wgmma
+   kernel's decode tile (2.95 vs 2.94 TB/s at page 1) and leads the mma.sync kernel's, the decode
+   tile of GPUs without wgmma, by 13-39% (H100, session 12).
 
    Compile-time specialisation (-D): FMHA_DTYPE fp16 | bf16, FMHA_HDIM_Q, FMHA_HDIM_V (multiples of
    16, >= 64), FMHA_KV_HEADS (KV heads per block), FMHA_BLOCK_K (tokens per tile), FMHA_WARPS
