@@ -1,5 +1,7 @@
 // Proxy for paged decode reads: b64 x 8192 tokens, 8 KV heads x 128 dims fp16, HND cache.
-// Kernel reads K and V tiles with cp.async (2 stages) and does nothing else.
+// Kernel reads K and V tiles with cp.async (STAGES stages) and does nothing else.
+// main() holds the variant list of the last run (proxy-page-reads-4-half-blocks.txt); runs 1-3 listed
+// other heads / tile / thread / split combinations of the same kernel (their names are in their output).
 // head blocks: a block reads one KV head's rows (256 B per token and page) as the wgmma decode does.
 // page blocks: a block reads all 8 heads of its tokens (a page-1 page = 2 KB contiguous).
 #include <cstdio>
