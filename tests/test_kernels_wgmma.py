@@ -15,9 +15,9 @@ HOPPER_OPTIN = 232448
 
 
 def test_fp8_e4m3fn_gets_its_own_tiles_per_head_dim_dense_and_paged():
-    """hdim 64: the two-warpgroup tile, then the one-warpgroup tile; hdim 128: the one-warpgroup tile
-    first (faster at prefill too: NOTES.md session 12); hdim 256: one tile."""
-    for hdim, tags in ((64, ["wgmma-q128k128", "wgmma-q64k128"]), (128, ["wgmma-q64k128", "wgmma-q128k128"]),
+    """hdim 64 and 128: the one-warpgroup tile first (faster at prefill too: NOTES.md sessions 12-13),
+    then the two-warpgroup tile; hdim 256: one tile."""
+    for hdim, tags in ((64, ["wgmma-q64k128", "wgmma-q128k128"]), (128, ["wgmma-q64k128", "wgmma-q128k128"]),
                        (256, ["wgmma-q128k64"])):
         for extra in ({}, {"family": "paged", "page_size": 16}):
             found = wgmma_candidates(Problem(dtype="fp8_e4m3fn", hdim_q=hdim, **extra), "sm_90a")
