@@ -91,7 +91,8 @@ def prefill_persistent_candidates(problem: Problem, found: list) -> list:
     first K/V tiles while the consumers finish the last one, which a grid block (one item, then
     exit) cannot overlap; the plan also spreads causal row tiles of unequal length over the blocks."""
     return [persistent_candidate(tag, spec) for tag, spec in found
-            if spec.source == kernels_wgmma.WGMMA_SOURCE and kernels_wgmma.spec_tile(spec)["warp_specialized"]]
+            if spec.source == kernels_wgmma.WGMMA_SOURCE and kernels_wgmma.spec_tile(spec)["warp_specialized"]
+            and not kernels_wgmma.uses_tma(spec)]   # the TMA tiles have no persistent launch
 
 
 def is_persistent(tag: str) -> bool:

@@ -11,9 +11,10 @@ first; a tile serves the dtypes its `dtypes` list names (fp16 and bf16 when it n
 from __future__ import annotations
 
 import math
-from typing import Union
+from dataclasses import dataclass
+from typing import Callable, Union
 
-from . import archs
+from . import archs, kernel_params
 from .build.instance import KernelSpec
 from .kernels_mma import tensor_core_refusal
 from .problem import Problem
@@ -65,7 +66,7 @@ def tile_tag(tile: dict) -> str:
     blocks = tile.get("blocks_per_sm", 1)
     return (f"wgmma-q{block_q(tile)}k{tile['block_k']}" + (f"b{blocks}" if blocks > 1 else "")
             + (f"s{kv_stages(tile)}" if kv_stages(tile) != 2 else "")
-            + ("ws" if tile.get("warp_specialized") else ""))
+            + ("ws" if tile.get("warp_specialized") else "") + ("-tma" if tile.get("tma") else ""))
 
 
 def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, soft_cap: bool, split_kv: bool,
@@ -80,6 +81,8 @@ def _spec(arch: str, dtype: str, hdim_q: int, hdim_v: int, kv_source: str, soft_
                ("FMHA_WARPGROUPS", str(tile.get("warpgroups", 2))), ("FMHA_SPLIT_KV", "1" if split_kv else "0"))
     if tile.get("warp_specialized"):
         defines += (("FMHA_WARP_SPECIALIZED", "1"),)
+    if tile.get("tma"):
+        defines += (("FMHA_KV_TMA", "1"),)
     if kv_stages(tile) != 2:
         defines += (("FMHA_KV_STAGES", str(kv_stages(tile))),)
     return KernelSpec(source=WGMMA_SOURCE, entry=WGMMA_ENTRY, defines=defines, arch=arch, label=label)
@@ -94,7 +97,7 @@ def wgmma_candidates(problem: Problem, arch: str) -> Union[list, str]:
     if refusal:
         return refusal
     tiles = [t for t in archs.kernel_tile_candidates(arch, "wgmma", problem.hdim_q, problem.hdim_v)
-             if problem.dtype in t.get("dtypes", TILE_DTYPES)]
+             if problem.dtype in t.get("dtypes", TILE_DTYPES) and not (t.get("tma") and tma_refusal(problem))]
     if not tiles:
         return f"hdim {problem.hdim_q}/{problem.hdim_v} has no {problem.dtype} wgmma tile"
     fitting = [t for t in tiles if _fits(arch, problem.hdim_q, problem.hdim_v, t, problem.dtype, problem.is_paged)]
@@ -146,6 +149,7 @@ def spec_tile(spec: KernelSpec) -> dict:
             "warpgroups": warpgroups,
             "blocks_per_sm": int(defines.get("FMHA_BLOCKS_PER_SM", 1)),
             "warp_specialized": defines.get("FMHA_WARP_SPECIALIZED") == "1",
+            "tma": defines.get("FMHA_KV_TMA") == "1",
             "stages": int(defines.get("FMHA_KV_STAGES", 2))}
 
 
@@ -155,3 +159,63 @@ def wgmma_launch_config(spec: KernelSpec, problem: Problem, num_splits: int = 1)
     rows = max(problem.seqlens_q()) * problem.group_size
     grid = (max(1, math.ceil(rows / block_q(tile))) * num_splits, problem.nhead_k, problem.batch)
     return grid, (threads(tile), 1, 1), shared_bytes(problem.hdim_q, problem.hdim_v, tile, problem.dtype)
+
+
+# ----------------------------------------------------------------------------- tensor maps (FMHA_KV_TMA)
+# A TMA tile's producer copies whole dense K/V tiles as boxes of the driver's tensor maps: dims
+# (head dim, rows, KV heads, sequences), one box = one 128-byte swizzle line of BLOCK_K rows.
+TMA_BOX_BYTES = 128
+TMA_MAX_STRIDE = 1 << 40
+
+
+def uses_tma(spec: KernelSpec) -> bool:
+    return dict(spec.defines).get("FMHA_KV_TMA") == "1"
+
+
+def tma_refusal(problem: Problem) -> str:
+    """Why a TMA tile cannot run the problem ("" when it can): its copies read dense K/V only (the
+    paged families, mixed and appendkv included, read a cache)."""
+    if problem.is_paged:
+        return "the TMA tiles read dense K/V"
+    return ""
+
+
+@dataclass(frozen=True)
+class TensorGeometry:
+    """What cuTensorMapEncodeTiled takes for one tensor (dims innermost first)."""
+    address: int
+    dims: tuple     # elements
+    strides: tuple  # bytes, of dims 1..
+    box: tuple      # elements
+
+
+def kv_geometry(problem: Problem, params: dict, block_k: int) -> tuple[TensorGeometry, TensorGeometry]:
+    """K's and V's geometry from the packed FmhaParams' pointers and strides: rows are a sequence's
+    tokens (batch mode; its sequences a fourth dim) or every sequence's (group mode: one packed run,
+    the kernel adds the sequence's first row). Raises ValueError where TMA cannot address them."""
+    itemsize = 2   # 16-bit tiles only
+    group = params["group_mode"] == 1
+    rows = sum(problem.seqlens_k()) if group else params["max_seqlen_k"]
+    found = []
+    for name, hdim in (("k", problem.hdim_q), ("v", problem.hdim_v)):
+        row, head = params[f"{name}_row_stride"] * itemsize, params[f"{name}_head_stride"] * itemsize
+        # a group-mode tensor has one "sequence": its stride only needs to be a valid one
+        batch = max(row * rows, head * problem.nhead_k) if group else params[f"{name}_batch_stride"] * itemsize
+        strides, address = (row, head, batch), params[name]
+        if address % 16 or any(s % 16 or not 0 < s < TMA_MAX_STRIDE for s in strides):
+            raise ValueError(f"{name.upper()} at {address:#x} with strides {strides} bytes: TMA needs 16-byte "
+                             "multiples")
+        found.append(TensorGeometry(address, (hdim, max(rows, 1), problem.nhead_k, 1 if group else problem.batch),
+                                    strides, (TMA_BOX_BYTES // itemsize, block_k, 1, 1)))
+    return found[0], found[1]
+
+
+def tma_arguments(params: bytes, problem: Problem, spec: KernelSpec,
+                  encode: Callable[[str, TensorGeometry], bytes]) -> bytes:
+    """The launch argument of a TMA instance (FmhaTmaArgs): the packed FmhaParams, padded to 64 bytes,
+    then K's and V's tensor maps as `encode(dtype, geometry)` (the backend's) writes them."""
+    k, v = kv_geometry(problem, kernel_params.unpack(params), int(dict(spec.defines)["FMHA_BLOCK_K"]))
+    maps = [encode(problem.dtype, g) for g in (k, v)]
+    assert all(len(m) == 128 for m in maps), "a tensor map is 128 bytes"
+    return params + bytes(-len(params) % 64) + b"".join(maps)
+

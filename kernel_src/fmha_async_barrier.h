@@ -11,10 +11,22 @@
      block barrier): `threads` arrivals complete the barrier; sync waits for that, arrive does not.
    - register reallocation between warpgroups (setmaxnreg): every thread of a warpgroup executes
      the same call; the counts are multiples of 8 in [24, 256].
+   - tensor copies (TMA, cp.async.bulk.tensor): tma_load_4d copies one box of a tensor map (the
+     driver's cuTensorMapEncodeTiled, here 128-byte swizzled rows, out-of-bounds elements zero)
+     into shared memory and completes its bytes on an mbarrier's transaction count;
+     mbarrier_arrive_expect_tx is an arrival that first adds the bytes the phase must also wait for.
    The CPU emulation (-DFMHA_CPU_EMULATION) has the same functions in
    fmha_async_barrier_emulation.h. */
 #ifndef FMHA_ASYNC_BARRIER_H
 #define FMHA_ASYNC_BARRIER_H
+
+namespace fmha {
+/* A CUtensorMap: 128 opaque bytes, 64-byte aligned (the CPU emulation reads its own layout from
+   them: fmha_async_barrier_emulation.h). */
+struct alignas(64) TensorMap {
+    unsigned long long words[16];
+};
+}  // namespace fmha
 
 #if defined(FMHA_CPU_EMULATION)
 #include "fmha_async_barrier_emulation.h"
@@ -41,6 +53,27 @@ FMHA_DEVICE void mbarrier_arrive(MBarrier* bar)
 FMHA_DEVICE void mbarrier_arrive_after_copies(MBarrier* bar)
 {
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(mbarrier_address(bar)) : "memory");
+}
+
+FMHA_DEVICE void mbarrier_arrive_expect_tx(MBarrier* bar, unsigned bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 _, [%0], %1;\n" ::"r"(mbarrier_address(bar)),
+                 "r"(bytes) : "memory");
+}
+
+/* Box (c0, c1, c2, c3) of `map` (a kernel parameter's or global memory's address) into dst. */
+FMHA_DEVICE void tma_load_4d(void* dst, const TensorMap* map, int c0, int c1, int c2, int c3, MBarrier* bar)
+{
+    asm volatile(
+        "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+        "[%6];\n" ::"r"((unsigned)__cvta_generic_to_shared(dst)),
+        "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(mbarrier_address(bar))
+        : "memory");
+}
+
+FMHA_DEVICE void tma_prefetch_map(const TensorMap* map)
+{
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"((unsigned long long)map) : "memory");
 }
 
 FMHA_DEVICE void mbarrier_wait(MBarrier* bar, unsigned parity)

@@ -56,18 +56,44 @@ struct AttachedCopies {
     std::vector<fmha_emu::CopyInFlight> copies;
 };
 
+/* An mbarrier's transaction count: bytes its current phase still waits for (expect_tx adds,
+   tensor copies complete). */
+struct PendingBytes {
+    const MBarrier* bar;
+    long long bytes;
+};
+
 struct BlockState {
     unsigned long long serial;
     std::vector<const MBarrier*> mbarriers;
     NamedBarrier named[16];
     std::vector<AttachedCopies> attached;
+    std::vector<PendingBytes> pending;
 };
+
 
 inline BlockState& block_state()
 {
     static BlockState state{};
     if (state.serial != fmha_emu::g_block_serial) state = BlockState{fmha_emu::g_block_serial, {}, {}};
     return state;
+}
+
+inline long long& pending_bytes(const MBarrier* bar)
+{
+    for (PendingBytes& p : block_state().pending)
+        if (p.bar == bar) return p.bytes;
+    block_state().pending.push_back({bar, 0});
+    return block_state().pending.back().bytes;
+}
+
+/* The phase completes once its arrivals are made and its transaction count is back to zero. */
+inline void complete_if_done(MBarrier& m)
+{
+    if (m.arrived < m.arrivals || pending_bytes(&m) != 0) return;
+    m.arrived = 0;
+    ++m.phase;
+    fmha_emu::wake(&m);   /* every waiter waits for the phase just completed */
 }
 
 inline bool is_initialised(const MBarrier* bar)
@@ -130,16 +156,73 @@ inline void mbarrier_init(MBarrier* bar, unsigned arrivals)
         async_emu::fail("mbarrier_init by thread %u: %u arrivals is not in 1 .. 2^20 - 1", threadIdx.x, arrivals);
     *bar = MBarrier{arrivals, 0, 0};
     if (!async_emu::is_initialised(bar)) async_emu::block_state().mbarriers.push_back(bar);
+    async_emu::pending_bytes(bar) = 0;
 }
 
 inline void mbarrier_arrive(MBarrier* bar)
 {
     MBarrier& m = async_emu::initialised(bar, "mbarrier_arrive");
-    if (++m.arrived < m.arrivals) return;
-    m.arrived = 0;
-    ++m.phase;
-    fmha_emu::wake(bar);   /* every waiter waits for the phase just completed */
+    if (m.arrived == m.arrivals)
+        async_emu::fail("mbarrier over-arrival: thread %u arrives on mbarrier %p, whose phase %u has all its %u "
+                        "arrivals and waits for %lld bytes", threadIdx.x, (void*)bar, (unsigned)m.phase,
+                        (unsigned)m.arrivals, async_emu::pending_bytes(bar));
+    ++m.arrived;
+    async_emu::complete_if_done(m);
 }
+
+inline void mbarrier_arrive_expect_tx(MBarrier* bar, unsigned bytes)
+{
+    async_emu::initialised(bar, "mbarrier_arrive_expect_tx");
+    async_emu::pending_bytes(bar) += bytes;
+    mbarrier_arrive(bar);
+}
+
+/* The emulation's tensor map (the test backend writes it, fmha_bench's geometry in words 0-12):
+   global address, 4 dims (elements), strides of dims 1-3 (bytes), 4 box dims, element bytes. Rows
+   of the box's first dim must be 128 bytes: they land 128-byte swizzled (16-byte chunk c of box row
+   r at chunk c ^ r % 8), as the GPU's CU_TENSOR_MAP_SWIZZLE_128B writes them. The copies land when
+   a waiter sees the phase complete (or at once with FMHA_EMU_EARLY_COPIES). */
+inline void tma_load_4d(void* dst, const TensorMap* map, int c0, int c1, int c2, int c3, MBarrier* bar)
+{
+    MBarrier& m = async_emu::initialised(bar, "tma_load_4d");
+    const unsigned long long* w = map->words;
+    const unsigned long long elem = w[12], dims[4] = {w[1], w[2], w[3], w[4]}, stride[4] = {elem, w[5], w[6], w[7]};
+    const unsigned long long box[4] = {w[8], w[9], w[10], w[11]};
+    if (box[0] * elem != 128)
+        async_emu::fail("tma_load_4d by thread %u: box rows of %llu bytes, the emulation's swizzle takes 128",
+                        threadIdx.x, box[0] * elem);
+    const int chunk_values = (int)(16 / elem);
+    std::vector<fmha_emu::CopyInFlight> copies;
+    int r = 0;
+    for (unsigned long long i3 = 0; i3 < box[3]; ++i3)
+        for (unsigned long long i2 = 0; i2 < box[2]; ++i2)
+            for (unsigned long long i1 = 0; i1 < box[1]; ++i1, ++r)
+                for (int chunk = 0; chunk < 8; ++chunk) {
+                    const long long at[4] = {c0 + chunk * chunk_values, c1 + (long long)i1, c2 + (long long)i2,
+                                             c3 + (long long)i3};
+                    fmha_emu::CopyInFlight c{(unsigned char*)dst + r * 128 + ((chunk ^ (r % 8)) << 4), {}};
+                    bool inside = true;
+                    unsigned long long offset = 0;
+                    for (int d = 0; d < 4; ++d) {
+                        inside = inside && at[d] >= 0 && (unsigned long long)at[d] < dims[d];
+                        offset += (unsigned long long)at[d] * stride[d];
+                    }
+                    if (inside) std::memcpy(c.bytes, (const unsigned char*)w[0] + offset, 16);
+                    copies.push_back(c);
+                }
+    long long& pending = async_emu::pending_bytes(bar);
+    if (pending < (long long)copies.size() * 16)
+        async_emu::fail("tma_load_4d by thread %u: %lld bytes copied past the %lld its phase expects (expect_tx first)",
+                        threadIdx.x, (long long)copies.size() * 16, pending);
+    if (FMHA_EMU_EARLY_COPIES)
+        for (const fmha_emu::CopyInFlight& c : copies) c.land();
+    else
+        async_emu::block_state().attached.push_back({bar, (unsigned)m.phase, std::move(copies)});
+    pending -= r * 128;
+    async_emu::complete_if_done(m);
+}
+
+inline void tma_prefetch_map(const TensorMap*) {}
 
 /* The thread's copies in flight land when a waiter sees this phase complete (mbarrier_wait). */
 inline void mbarrier_arrive_after_copies(MBarrier* bar)

@@ -147,6 +147,15 @@ constexpr int kLoaderThreads = kWarpSpecialized ? kProducerThreads : kThreads;
 #endif
 constexpr int kStages = FMHA_KV_STAGES;
 static_assert(kStages == 2 || (kWarpSpecialized && kStages == 3), "K/V stages: 2, or 3 when warp-specialised");
+/* FMHA_KV_TMA 1: the producer copies whole dense K/V tiles with the tensor memory accelerator (one
+   thread issues a box per 128-byte column of the tile, the mbarrier counts its bytes) instead of
+   its 128 threads' cp.async chunks; a sequence's last partial tile still takes cp.async, whose
+   zero fill stops at the sequence's end (a box's stops only at the tensor's). The launch passes
+   the driver's tensor maps of K and V (FmhaTmaArgs). */
+#ifndef FMHA_KV_TMA
+#define FMHA_KV_TMA 0
+#endif
+constexpr bool kKvTma = FMHA_KV_TMA != 0;
 FMHA_DEVICE int stage_of(int n) { return (int)((unsigned)n % kStages); }
 FMHA_DEVICE int stage_use(int n) { return (int)((unsigned)n / kStages); }
 constexpr int kChunkValues = 16 / (int)sizeof(InT);   /* values per 16-byte chunk */
@@ -201,6 +210,12 @@ constexpr int kPipelineBytes = kWarpSpecialized ? 128 : 0;   /* after the tiles 
 constexpr int kSmemBytes = kTileBytes + kPipelineBytes;
 static_assert(sizeof(Pipeline) <= 128, "pipeline barriers: 128 bytes after the tiles");
 static_assert(!kWarpSpecialized || !kFp8, "warp specialisation: 16-bit instances (fp8's V transpose needs every thread)");
+static_assert(!kKvTma || (kWarpSpecialized && !kPaged && !kPersistent), "FMHA_KV_TMA: dense K/V, warp-specialised grid instances");
+/* K's and V's tensor maps: dims (head dim, rows, KV heads, sequences), boxes of 128 bytes x BLOCK_K
+   rows, 128-byte swizzle (kernels_wgmma.kv_tensor_maps). */
+struct KvTensorMaps {
+    TensorMap k, v;
+};
 /* setmaxnreg: the producer gives registers to the consumers; the block's pool is what it was
    launched with (its threads x the launch bounds' per-thread limit, in units of 8). */
 #ifndef FMHA_BLOCKS_PER_SM
@@ -474,6 +489,23 @@ struct VTransposer {
     }
 };
 
+/* FMHA_KV_TMA: a whole K or V tile (rows `row` .. + BLOCK_K of KV head hk, sequence `seq`, in the
+   map's coordinates) as one box per 128-byte column, issued by the producer's thread 0 after it
+   added the tile's bytes to `full`'s phase; the other producer threads only arrive. */
+template <class Copier>
+FMHA_DEVICE void tma_tile(const Copier&, unsigned char* tile, const TensorMap* map, int row, int hk, int seq,
+                          MBarrier& full)
+{
+    constexpr int kColumns = Copier::kChunks / 8;
+    if (threadIdx.x != 0) {
+        mbarrier_arrive(&full);
+        return;
+    }
+    mbarrier_arrive_expect_tx(&full, kColumns * kBK * 128);
+    for (int c = 0; c < kColumns; ++c)
+        tma_load_4d(tile + c * kBK * 128, map, c * kChunkValues * 8, row, hk, seq, &full);
+}
+
 struct QueryRows {
     const FmhaParams& p;
     int b, hk, group, q_first, rows, m0;
@@ -492,7 +524,7 @@ struct QueryRows {
 template <bool SoftCap, int Role, class RowTable>
 FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_first, int seqlen_q,
                            const PartialSlots& partials, unsigned char* smem, RowTable& row_table,
-                           PipelinePosition& pos)
+                           PipelinePosition& pos, const KvTensorMaps* maps)
 {
     unsigned char* const sq = smem;
     unsigned char* const sk = sq + kQBytes;     /* stage s at sk + s * kKBytes */
@@ -563,9 +595,10 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
             if (queries > 0) mbarrier_wait(&pipe.q_empty, (queries - 1) & 1);
             load_tile_async<kBQ, kDq>(sq, (const InT*)p.q, QueryRows{p, b, hk, group, q_first, rows, m0});
             mbarrier_arrive_after_copies(&pipe.q);
-            /* the block's n-th tile into stage n % kStages once its (n / kStages - 1)-th tile there was released */
+            /* the block's n-th tile into stage n % kStages once its (n / kStages - 1)-th tile there was
+               released; `map`: its tensor map (FMHA_KV_TMA) */
             auto produce = [&](const auto& copier, const i64* offsets, unsigned char* stage_tile, int t,
-                               MBarrier& empty, MBarrier& full) {
+                               MBarrier& empty, MBarrier& full, const TensorMap* map) {
                 const int use = stage_use(n0 + t);
                 if constexpr (kPaged) {
                     const auto rows = copier.read(offsets);
@@ -573,7 +606,12 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
                     copier.issue(stage_tile, rows);
                 } else {
                     if (use > 0) mbarrier_wait(&empty, (use - 1) & 1);
-                    copier.load(stage_tile, tiles.first_key(t), offsets);
+                    const int j0 = tiles.first_key(t);
+                    if (kKvTma && j0 + kBK <= kv.length) {
+                        tma_tile(copier, stage_tile, map, kv.first_row + j0, hk, p.group_mode ? 0 : b, full);
+                        return;
+                    }
+                    copier.load(stage_tile, j0, offsets);
                 }
                 mbarrier_arrive_after_copies(&full);
             };
@@ -583,13 +621,15 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
             constexpr int kAhead = kPaged ? 1 : 0;
             auto produce_k = [&](int t) {
                 const int stage = stage_of(n0 + t);
-                produce(k_copier, k_offsets(row_table, t), sk + stage * kKBytes, t, pipe.empty_k[stage], pipe.full_k[stage]);
+                produce(k_copier, k_offsets(row_table, t), sk + stage * kKBytes, t, pipe.empty_k[stage], pipe.full_k[stage],
+                        kKvTma ? &maps->k : nullptr);
             };
             if (kAhead > 0) produce_k(0);
             for (int t = 0; t < tiles.count; ++t) {
                 const int stage = stage_of(n0 + t);
                 if (t + kAhead < tiles.count) produce_k(t + kAhead);
-                produce(v_copier, v_offsets(row_table, t), sv + stage * kVBytes, t, pipe.empty_v[stage], pipe.full_v[stage]);
+                produce(v_copier, v_offsets(row_table, t), sv + stage * kVBytes, t, pipe.empty_v[stage], pipe.full_v[stage],
+                        kKvTma ? &maps->v : nullptr);
                 if constexpr (kPaged) {   /* tile t's slot: K_t and V_t issued (the last: the next item may refill) */
                     named_barrier_sync(kLoaderBarrier, kProducerThreads);
                     store_rows(t + 3);
@@ -942,7 +982,7 @@ static FMHA_DEVICE void run_roles(unsigned char* smem, const Body& body)
    num_splits + split s, whose keys are [s X, (s + 1) X), X = ceil(keys / num_splits) (SPEC 6; the
    tiles a boundary cuts take the element-wise mask), and whose fp32 partials go to o_acc /
    lse_acc for the combine kernel. */
-static FMHA_DEVICE void grid_block(const FmhaParams& p, unsigned char* smem)
+static FMHA_DEVICE void grid_block(const FmhaParams& p, unsigned char* smem, const KvTensorMaps* maps = nullptr)
 {
     int q_first, seqlen_q;
     query_sequence(p, blockIdx.z, q_first, seqlen_q);
@@ -962,7 +1002,8 @@ static FMHA_DEVICE void grid_block(const FmhaParams& p, unsigned char* smem)
         run_roles(smem, [&](auto role) {
             PipelinePosition pos;
             attention<FMHA_SOFT_CAP != 0, decltype(role)::value>(p, item, q_first, seqlen_q,
-                                                                PartialSlots{nullptr, nullptr}, smem, row_table, pos);
+                                                                PartialSlots{nullptr, nullptr}, smem, row_table, pos,
+                                                                maps);
         });
     });
 }
@@ -981,7 +1022,7 @@ static FMHA_DEVICE void persistent_block(const FmhaMixedArgs& a, unsigned char* 
                 int q_first, seqlen_q;
                 query_sequence(a.p, item.seq, q_first, seqlen_q);
                 attention<FMHA_SOFT_CAP != 0, decltype(role)::value>(a.p, item, q_first, seqlen_q, partials, smem,
-                                                                    row_table, pos);
+                                                                    row_table, pos, nullptr);
                 /* the next item's loads overwrite Q, the K/V stages and the row table (warp-specialised:
                    the pipeline's barriers order them) */
                 if constexpr (!kWarpSpecialized) fmha_barrier();
@@ -997,6 +1038,19 @@ static FMHA_DEVICE void persistent_block(const FmhaMixedArgs& a, unsigned char* 
 #if FMHA_PERSISTENT
 #define FMHA_WGMMA_ENTRY fmha_fwd_wgmma_persistent(FmhaMixedArgs args)
 #define FMHA_WGMMA_BLOCK(smem) fmha::persistent_block(args, smem)
+#elif FMHA_KV_TMA
+/* The tensor maps follow FmhaParams (at its size rounded up to 64 bytes: kernels_wgmma.tma_arguments);
+   the copies take their parameter-space address, which __grid_constant__ makes valid. */
+struct FmhaTmaArgs {
+    FmhaParams p;
+    fmha::KvTensorMaps maps;
+};
+#if defined(FMHA_CUDA)
+#define FMHA_WGMMA_ENTRY fmha_fwd_wgmma(const __grid_constant__ FmhaTmaArgs args)
+#else
+#define FMHA_WGMMA_ENTRY fmha_fwd_wgmma(const FmhaTmaArgs args)
+#endif
+#define FMHA_WGMMA_BLOCK(smem) fmha::grid_block(args.p, smem, &args.maps)
 #else
 #define FMHA_WGMMA_ENTRY fmha_fwd_wgmma(FmhaParams p)
 #define FMHA_WGMMA_BLOCK(smem) fmha::grid_block(p, smem)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
 from backend_stubs import StubBackend
 
-from fmha_bench import build
+from fmha_bench import build, dtypes
 from fmha_bench.backends.base import DeviceBuffer, DeviceInfo
 from fmha_bench.build.cache import BuildResult
 from fmha_bench.build.instance import KernelSpec
@@ -63,10 +64,20 @@ class EmulatedBackend(StubBackend):
         assert module.entry == name
         return module
 
+    def encode_tensor_map(self, dtype, geometry):
+        return emulated_tensor_map(dtype, geometry)
+
     def launch(self, function, grid, block, shared_bytes, args, stream=None):
         assert block == (int(dict(function.defines)["FMHA_THREADS"]), 1, 1), block
         params = ctypes.string_at(ctypes.c_void_p.from_address(args.address).value, ctypes.sizeof(FmhaParams))
         self._run_kernel(function, params, grid)
+
+
+def emulated_tensor_map(dtype: str, g) -> bytes:
+    """The CPU emulation's tensor map of a kernels_wgmma.TensorGeometry (what tma_load_4d in
+    fmha_async_barrier_emulation.h reads): address, dims, strides, box, element bytes, 16 words."""
+    words = [g.address, *g.dims, *g.strides, *g.box, dtypes.get(dtype).itemsize]
+    return struct.pack("<16Q", *words, *[0] * (16 - len(words)))
 
 
 def emulated_device(run_kernel, monkeypatch, tmp_path: Path):

@@ -68,7 +68,7 @@ def emulate(library, combine_library):
         grid, block, shared = pages_launch_config(spec, problem, splits)
         lib = library(spec)
         assert block == (lib.threads(), 1, 1) and lib.smem_bytes() == shared
-        return launch_and_combine(lib, combine_library, problem, x, host, ptrs, grid, splits)
+        return launch_and_combine(lib, spec, combine_library, problem, x, host, ptrs, grid, splits)
 
     return run
 

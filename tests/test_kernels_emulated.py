@@ -34,13 +34,19 @@ pytestmark = pytest.mark.skipif(CXX is None, reason="needs g++ (C++20) to build 
 
 # One kernel instance per library: EMU_SOURCE / EMU_ENTRY name the kernel, EMU_THREADS its block
 # size (see emulation_defines), its defines specialise it.
+# The entry's one by-value argument (FmhaParams, or a struct holding it) is read from `params`.
 DRIVER = r"""
 #include <cstdio>
 #include EMU_SOURCE
+template <class Params>
+void emulate_entry(void (*entry)(Params), const void* params, unsigned gx, unsigned gy, unsigned gz)
+{
+    fmha_emu::run_grid(entry, *(const Params*)params, gx, gy, gz, EMU_THREADS);
+}
 extern "C" int fmha_emulate(const void* params, unsigned gx, unsigned gy, unsigned gz, char* error, int n)
 {
     try {
-        fmha_emu::run_grid(EMU_ENTRY, *(const FmhaParams*)params, gx, gy, gz, EMU_THREADS);
+        emulate_entry(EMU_ENTRY, params, gx, gy, gz);
         return 0;
     } catch (const std::exception& e) {
         std::snprintf(error, n, "%s", e.what());

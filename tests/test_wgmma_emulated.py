@@ -20,10 +20,12 @@ import pytest
 from test_kernels_emulated import CXX, DRIVER, _compile, host_buffers_with_nan_page, kernel_libraries, run_emulated
 from test_mma_emulated import Emulated as Unsplit
 from test_mma_emulated import _assert_matches, paged
+from emulated_backend import emulated_tensor_map
 
 from fmha_bench import dtypes
 from fmha_bench.kernels import combine_launch_config, kernel_args, select_combine
-from fmha_bench.kernels_wgmma import shared_bytes, spec_tile, wgmma_candidates, wgmma_launch_config
+from fmha_bench.kernels_wgmma import (shared_bytes, spec_tile, tma_arguments, uses_tma, wgmma_candidates,
+                                     wgmma_launch_config)
 from fmha_bench.problem import Problem
 from fmha_bench.reference import split_partials
 
@@ -53,30 +55,34 @@ def combine_library(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def emulate(library, combine_library):
-    """emulate(problem, block_k=None, tag=None) -> Emulated: one launch of the problem's default
-    wgmma instance (or that instance with another BLOCK_K, or the candidate tagged `tag`) over
-    NaN-poisoned outputs."""
+    """emulate(problem, block_k=None, tag=None, early_copies=False) -> Emulated: one launch of the
+    problem's default wgmma instance (or that instance with another BLOCK_K, or the candidate tagged
+    `tag`; its copies landing when issued with `early_copies`) over NaN-poisoned outputs."""
 
-    def run(problem: Problem, block_k: int = None, tag: str = None) -> Emulated:
+    def run(problem: Problem, block_k: int = None, tag: str = None, early_copies: bool = False) -> Emulated:
         found = wgmma_candidates(problem, "sm_90a")
         assert not isinstance(found, str), found
         spec = found[0][1] if tag is None else dict(found)[tag]
         spec = spec if block_k is None else with_block_k(spec, block_k)
+        if early_copies:
+            spec = dataclasses.replace(spec, defines=spec.defines + (("FMHA_EMU_EARLY_COPIES", "1"),))
         x = problem.make_inputs(seed=1)
         splits = problem.num_splits
         host, ptrs = host_buffers_with_nan_page(problem, x, splits)
         grid, block, shared = wgmma_launch_config(spec, problem, splits)
         lib = library(spec)
         assert block == (lib.threads(), 1, 1) and lib.smem_bytes() + 1024 == shared
-        return launch_and_combine(lib, combine_library, problem, x, host, ptrs, grid, splits)
+        return launch_and_combine(lib, spec, combine_library, problem, x, host, ptrs, grid, splits)
 
     return run
 
 
-def launch_and_combine(lib, combine_library, problem: Problem, x, host: dict, ptrs: dict, grid, splits: int) -> Emulated:
-    """One emulated launch of `lib`'s forward kernel over `grid`, then (splits > 1) the combine."""
+def launch_and_combine(lib, spec, combine_library, problem: Problem, x, host: dict, ptrs: dict, grid,
+                       splits: int) -> Emulated:
+    """One emulated launch of `lib`'s forward kernel (instance `spec`) over `grid`, then (splits > 1)
+    the combine."""
     args = kernel_args(problem, x, ptrs, splits)
-    run_emulated(lib, args, grid)
+    run_emulated(lib, tma_arguments(args, problem, spec, emulated_tensor_map) if uses_tma(spec) else args, grid)
     if splits > 1:
         combine = select_combine(problem, "sm_90a")
         run_emulated(combine_library(combine), args, combine_launch_config(combine, problem)[0])
@@ -173,6 +179,30 @@ def test_running_max_growing_past_the_slack_rescales_o(emulate, problem):
     """Scores of standard deviation 16-23 (log2 units): rows' maxima keep growing by more than the
     8 the running max may lag, so O's conditional rescale runs on later tiles too."""
     _assert_matches(problem, emulate(problem))
+
+
+# ----------------------------------------------------------------------------- TMA tiles: K/V through tensor maps
+@pytest.mark.parametrize("problem,early_copies", [
+    (fwd(dtype="fp16", seqlen_q=150, seqlen_k=530, mask="b"), False),     # the last, partial tile by cp.async
+    (fwd(dtype="bf16", batch=2, seqlen_q=100, seqlen_k=512, mask="0", nhead_q=4, nhead_k=1, sink=True), False),
+    (fwd(dtype="fp16", hdim_q=64, seqlen_q=200, seqlen_k=700, mask="t:8,-1,2", nhead_q=8, nhead_k=2), False),
+    (fwd(dtype="bf16", hdim_q=256, seqlen_q=150, seqlen_k=330, mask="xb:40", soft_cap=5.0), False),
+    (fwd(dtype="bf16", mode="group", batch=4, seqlen_q=[19, 0, 1, 133], seqlen_k=[530, 0, 1, 270], nhead_q=4,
+         nhead_k=2), False),                                              # packed rows: the sequence's first row
+    (fwd(family="splitkv", dtype="fp16", seqlen_q=70, seqlen_k=900, mask="t:8,-1,2", num_splits=3), False),
+    (fwd(dtype="fp16", batch=2, seqlen_q=150, seqlen_k=640, mask="0"), True),   # a box landing at once
+], ids=lambda x: x.name() if isinstance(x, Problem) else ("early" if x else "late"))
+def test_tma_tiles_match_reference(emulate, problem, early_copies):
+    """The producer's tensor copies (box coordinates of sequence, KV head and row; one box per
+    128-byte column, swizzled; the mbarrier's byte count) beside its cp.async for partial tiles."""
+    tag = next(tag for tag, _ in wgmma_candidates(problem, "sm_90a") if tag.endswith("-tma"))
+    _assert_matches(problem, emulate(problem, tag=tag, early_copies=early_copies))
+
+
+def test_tma_tiles_are_not_offered_for_paged_kv():
+    found = wgmma_candidates(paged(dtype="fp16", hdim_q=128, page_size=16, page_table="vllm", kv_layout="nhd",
+                                   seqlen_k=[300, 5, 129]), "sm_90a")
+    assert found and not any(tag.endswith("-tma") for tag, _ in found), found
 
 
 # ----------------------------------------------------------------------------- decode tiles: one warpgroup

@@ -115,6 +115,11 @@ class Backend(ABC):
         """Launch with one by-value struct argument (`KernelArguments`, built once per point so
         nothing is packed between the timing events)."""
 
+    def encode_tensor_map(self, dtype: str, geometry) -> bytes:
+        """The 128-byte tensor map (TMA descriptor) of a 16-bit tensor, `geometry` a
+        kernels_wgmma.TensorGeometry: 128-byte swizzled boxes, zeros out of bounds."""
+        raise BackendError(f"the {self.name} backend has no tensor maps (NVIDIA sm_90+ only)")
+
     # ------------------------------------------------------------------ sync and timing
     @abstractmethod
     def synchronize(self) -> None:

@@ -1,6 +1,8 @@
 """NVIDIA runtime on cuda-bindings' driver API (cuda.bindings.driver)."""
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 
 from .base import Backend, BackendError, BackendUnavailable, DeviceBuffer, DeviceInfo
@@ -130,6 +132,19 @@ class CudaBackend(Backend):
     def launch(self, function, grid, block, shared_bytes: int, args, stream=None) -> None:
         self._check(self.cu.cuLaunchKernel(function, *grid, *block, int(shared_bytes), self._on(stream), args.address,
                                            0), "cuLaunchKernel")
+
+    def encode_tensor_map(self, dtype: str, geometry) -> bytes:
+        cu = self.cu
+        data_type = {"fp16": cu.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                     "bf16": cu.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16}[dtype]
+        g = geometry
+        tensor_map = self._check(cu.cuTensorMapEncodeTiled(
+            data_type, len(g.dims), g.address, [cu.cuuint64_t(d) for d in g.dims],
+            [cu.cuuint64_t(s) for s in g.strides], [cu.cuuint32_t(b) for b in g.box], [cu.cuuint32_t(1)] * len(g.dims),
+            cu.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE, cu.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_128B,
+            cu.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            cu.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE), "cuTensorMapEncodeTiled")
+        return ctypes.string_at(int(tensor_map.getPtr()), 128)
 
     # ------------------------------------------------------------------ sync and timing
     def synchronize(self) -> None:

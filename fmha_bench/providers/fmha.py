@@ -137,7 +137,7 @@ class FmhaProvider(Provider):
         grid, block, shared = self._forward_launch(spec, function, problem, session, num_splits)
         ptrs = session.ptrs()
         if num_splits == 1:
-            args = KernelArguments(kernel_args(problem, session.inputs, ptrs))
+            args = _arguments(session, spec, problem, kernel_args(problem, session.inputs, ptrs))
 
             def launch():
                 backend.launch(function, grid, block, shared, args)
@@ -150,11 +150,12 @@ class FmhaProvider(Provider):
         combine_grid, combine_block, combine_shared = combine_launch_config(combine_spec, problem)
         for buffer, nbytes in split_workspace_bytes(problem, num_splits).items():
             ptrs[buffer] = session.workspace(buffer, nbytes).ptr
-        args = KernelArguments(kernel_args(problem, session.inputs, ptrs, num_splits))
+        args = _arguments(session, spec, problem, kernel_args(problem, session.inputs, ptrs, num_splits))
+        combine_args = KernelArguments(kernel_args(problem, session.inputs, ptrs, num_splits))
 
         def launch_split():
             backend.launch(function, grid, block, shared, args)
-            backend.launch(combine, combine_grid, combine_block, combine_shared, args)
+            backend.launch(combine, combine_grid, combine_block, combine_shared, combine_args)
 
         return Prepared(launch=launch_split, kernel=f"{name} split{num_splits} + {combine_name}",
                         kernel_version=f"{_version(name)}+{_version(combine_name)}", p_precision=p_precision(spec),
@@ -214,6 +215,16 @@ class FmhaProvider(Provider):
             notes.append(f"separate: requests {part.first}..{part.end - 1} via {part.tag}")
         precisions = {p_precision(part.spec) for part in parts}
         return _in_order(session, launches, names, "input" if "input" in precisions else "fp32", notes)
+
+
+def _arguments(session, spec, problem, params: bytes):
+    """A forward grid launch's KernelArguments: the packed FmhaParams, followed by K's and V's tensor
+    maps for a TMA instance (kernels_wgmma.tma_arguments)."""
+    from ..backends.base import KernelArguments
+    from ..kernels_wgmma import tma_arguments, uses_tma
+    if uses_tma(spec):
+        params = tma_arguments(params, problem, spec, session.backend.encode_tensor_map)
+    return KernelArguments(params)
 
 
 def _in_order(session, launches: list, names: list, p_precision: str, notes: list = ()) -> Prepared:
