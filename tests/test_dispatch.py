@@ -15,10 +15,11 @@ from fmha_bench.problem import Problem
 def test_hopper_fp16_prefill_prefers_wgmma_then_mma_sync_then_the_portable_kernel():
     found = candidates(Problem(hdim_q=128), "sm_90a")
     tags = [tag for tag, _ in found]
-    assert tags[:5] == ["persistent-q128k128s3ws", "wgmma-q128k128ws", "wgmma-q128k128", "wgmma-q64k64b2", "mma-q128k64w8"]
+    assert tags[:6] == ["persistent-q128k128s3ws", "wgmma-q128k128ws-tma", "wgmma-q128k128ws", "wgmma-q128k128",
+                        "wgmma-q64k64b2", "mma-q128k64w8"]
     assert tags[-1].startswith("portable-")
-    assert [spec.source for _, spec in found[:-1]] == [WGMMA_SOURCE] * 4 + [MMA_SOURCE] * (len(found) - 5)
-    assert found[0][1] == persistent_candidate(*found[1])[1]   # the warp-specialised tile over a plan
+    assert [spec.source for _, spec in found[:-1]] == [WGMMA_SOURCE] * 5 + [MMA_SOURCE] * (len(found) - 6)
+    assert found[0][1] == persistent_candidate(*found[2])[1]   # the cp.async warp-specialised tile over a plan
 
 
 def test_ampere_has_no_wgmma_candidate():
@@ -34,7 +35,7 @@ def test_amd_points_prefer_the_matrix_core_kernel():
 def test_split_kv_points_have_the_wgmma_kernel_then_only_the_portable_kernel():
     """Of the tensor-core kernels only wgmma writes split partials."""
     hopper = candidates(Problem(family="splitkv", num_splits=4), "sm_90a")
-    assert [tag.split("-")[0] for tag, _ in hopper] == ["wgmma", "wgmma", "wgmma", "portable"]
+    assert [tag.split("-")[0] for tag, _ in hopper] == ["wgmma", "wgmma", "wgmma", "wgmma", "portable"]
     for arch in ("sm_80", "gfx942"):
         found = candidates(Problem(family="splitkv", num_splits=4), arch)
         assert [tag.split("-")[0] for tag, _ in found] == ["portable"], arch
@@ -122,10 +123,11 @@ def test_instances_for_adds_the_split_instances_and_one_combine_per_arch():
 def test_decode_like_points_take_each_family_s_smallest_row_tile_first_wgmma_ahead():
     decode = Problem(batch=64, seqlen_q=1, seqlen_k=8192, nhead_q=32, nhead_k=4, hdim_q=128, mask="b")
     prefill = Problem(batch=4, seqlen_q=2048, seqlen_k=8192, nhead_q=32, nhead_k=4, hdim_q=128, mask="b")
-    assert [tag for tag, _ in candidates(decode, "sm_90a")][:4] == ["wgmma-q64k64b2", "wgmma-q128k128ws", "wgmma-q128k128",
-                                                                    "mma-q64k64w4"]
-    assert [tag for tag, _ in candidates(prefill, "sm_90a")][:4] == ["wgmma-q128k128ws", "wgmma-q128k128",
-                                                                     "wgmma-q64k64b2", "persistent-q128k128s3ws"]
+    assert [tag for tag, _ in candidates(decode, "sm_90a")][:5] == ["wgmma-q64k64b2", "wgmma-q128k128ws-tma",
+                                                                    "wgmma-q128k128ws", "wgmma-q128k128", "mma-q64k64w4"]
+    assert [tag for tag, _ in candidates(prefill, "sm_90a")][:5] == ["wgmma-q128k128ws-tma", "wgmma-q128k128ws",
+                                                                     "wgmma-q128k128", "wgmma-q64k64b2",
+                                                                     "persistent-q128k128s3ws"]
     assert candidates(decode, "sm_80")[0][0] == "mma-q64k64w4"
     fp8 = Problem(family="paged", page_size=16, batch=64, seqlen_q=1, seqlen_k=8192, nhead_q=32, nhead_k=8,
                   hdim_q=64, mask="b", dtype="fp8_e4m3fn")
@@ -175,7 +177,7 @@ def test_prefill_tiles_that_pad_far_more_than_the_next_give_way_to_it():
     def first(seqlen, mask):
         problem = Problem(hdim_q=64, nhead_q=32, batch=16384 // seqlen, seqlen_q=seqlen, seqlen_k=seqlen, mask=mask)
         return candidates(problem, "sm_90a")[0][0]
-    assert [first(s, "none") for s in (512, 1024, 8192)] == ["persistent-q192k128s3ws"] * 2 + ["wgmma-q192k128ws"]
+    assert [first(s, "none") for s in (512, 1024, 8192)] == ["persistent-q192k128s3ws"] * 2 + ["wgmma-q192k128ws-tma"]
     assert [first(s, "causal") for s in (512, 1024)] == ["persistent-q128k128s3ws"] * 2    # 1.69x, 1.33x the area
     assert [first(s, "causal") for s in (2048, 8192)] == ["persistent-q192k128s3ws"] * 2  # 1.11x, 1.01x
 
@@ -186,14 +188,14 @@ def test_prefill_points_of_short_row_tiles_take_the_persistent_launch_of_the_war
     def tags(**fields):
         return [tag for tag, _ in candidates(Problem(**{"hdim_q": 128, **fields}), "sm_90a")]
     assert 32.5 <= PERSISTENT_MAX_KEY_TILES < 64   # between the measured wins and losses
-    assert tags(seqlen_q=4096, seqlen_k=4096)[:2] == ["persistent-q128k128s3ws", "wgmma-q128k128ws"]   # 32 tiles
+    assert tags(seqlen_q=4096, seqlen_k=4096)[:2] == ["persistent-q128k128s3ws", "wgmma-q128k128ws-tma"]   # 32 tiles
     assert tags(seqlen_q=8192, seqlen_k=8192, mask="causal")[0] == "persistent-q128k128s3ws"          # 32.5 on average
     for longer in (tags(seqlen_q=8192, seqlen_k=8192),                                              # 64 tiles
                    tags(seqlen_q=16384, seqlen_k=16384, mask="causal"),                              # 64.5
                    tags(seqlen_q=1024, seqlen_k=8192)):                                              # 64: keys decide
-        assert longer[0] == "wgmma-q128k128ws" and longer.index("persistent-q128k128s3ws") > longer.index("wgmma-q128k128")
+        assert longer[0] == "wgmma-q128k128ws-tma" and longer.index("persistent-q128k128s3ws") > longer.index("wgmma-q128k128")
     hd256 = [tag for tag, _ in candidates(Problem(hdim_q=256, seqlen_q=8192, mask="causal"), "sm_90a")]
-    assert hd256[0] == "wgmma-q128k64ws" and "persistent-q128k64ws" in hd256   # 64-key tiles: 64.5; no room for 3 stages
+    assert hd256[0] == "wgmma-q128k64ws-tma" and "persistent-q128k64ws" in hd256   # 64-key tiles: 64.5; no room for 3 stages
     assert not any(t.startswith("persistent-") for t in tags(seqlen_q=1, seqlen_k=2048, batch=64))  # decode-like
     assert not any(t.startswith("persistent-") for t in tags(family="splitkv", seqlen_q=512, num_splits=2))
     assert not any(t.startswith("persistent-") for t in tags(seqlen_q=512, dtype="fp8_e4m3fn"))   # no fp8 ws tile

@@ -161,7 +161,7 @@ def test_a_kernel_pattern_with_wildcards_matches_a_whole_tag_and_a_plain_one_any
         provider = FmhaProvider()
         provider.force_kernel(pattern)
         picks[pattern] = provider._select(prefill, device.arch)[0][0]
-    assert picks == {"ws": "persistent-q128k128s3ws", "wgmma-*ws": "wgmma-q128k128ws", "wgmma-*": "wgmma-q128k128ws",
+    assert picks == {"ws": "persistent-q128k128s3ws", "wgmma-*ws": "wgmma-q128k128ws", "wgmma-*": "wgmma-q128k128ws-tma",
                      "mma-*": "mma-q128k64w8", "persistent-": "persistent-q128k128s3ws"}
 
 

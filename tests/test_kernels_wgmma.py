@@ -27,7 +27,7 @@ def test_fp8_e4m3fn_gets_its_own_tiles_per_head_dim_dense_and_paged():
 
 def test_sixteen_bit_problems_never_get_the_fp8_tiles():
     found = wgmma_candidates(Problem(dtype="bf16", hdim_q=128), "sm_90a")
-    assert [t for t, _ in found] == ["wgmma-q128k128ws", "wgmma-q128k128", "wgmma-q64k64b2"]
+    assert [t for t, _ in found] == ["wgmma-q128k128ws-tma", "wgmma-q128k128ws", "wgmma-q128k128", "wgmma-q64k64b2"]
 
 
 def test_decode_tiles_are_one_warpgroup_of_64_rows():

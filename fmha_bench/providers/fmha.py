@@ -150,12 +150,12 @@ class FmhaProvider(Provider):
         combine_grid, combine_block, combine_shared = combine_launch_config(combine_spec, problem)
         for buffer, nbytes in split_workspace_bytes(problem, num_splits).items():
             ptrs[buffer] = session.workspace(buffer, nbytes).ptr
+        # one argument for both: the combine reads its FmhaParams, which a TMA instance's argument starts with
         args = _arguments(session, spec, problem, kernel_args(problem, session.inputs, ptrs, num_splits))
-        combine_args = KernelArguments(kernel_args(problem, session.inputs, ptrs, num_splits))
 
         def launch_split():
             backend.launch(function, grid, block, shared, args)
-            backend.launch(combine, combine_grid, combine_block, combine_shared, combine_args)
+            backend.launch(combine, combine_grid, combine_block, combine_shared, args)
 
         return Prepared(launch=launch_split, kernel=f"{name} split{num_splits} + {combine_name}",
                         kernel_version=f"{_version(name)}+{_version(combine_name)}", p_precision=p_precision(spec),
