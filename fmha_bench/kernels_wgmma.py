@@ -58,8 +58,8 @@ def shared_bytes(hdim_q: int, hdim_v: int, tile: dict, dtype: str = "fp16") -> i
 
 def static_shared_bytes(tile: dict, paged: bool) -> int:
     """The paged instances' row table (PagedRowTable in fmha_fwd_wgmma.hip): K and V offsets
-    (8 bytes each) of three tiles' rows, beside the dynamic tiles."""
-    return 3 * 2 * 8 * tile["block_k"] if paged else 0
+    (8 bytes each) of three tiles' rows, beside the dynamic tiles (TMA tiles have none)."""
+    return 3 * 2 * 8 * tile["block_k"] if paged and not tile.get("tma") else 0
 
 
 def tile_tag(tile: dict) -> str:
@@ -97,7 +97,7 @@ def wgmma_candidates(problem: Problem, arch: str) -> Union[list, str]:
     if refusal:
         return refusal
     tiles = [t for t in archs.kernel_tile_candidates(arch, "wgmma", problem.hdim_q, problem.hdim_v)
-             if problem.dtype in t.get("dtypes", TILE_DTYPES) and not (t.get("tma") and tma_refusal(problem))]
+             if problem.dtype in t.get("dtypes", TILE_DTYPES) and not (t.get("tma") and tma_refusal(problem, t))]
     if not tiles:
         return f"hdim {problem.hdim_q}/{problem.hdim_v} has no {problem.dtype} wgmma tile"
     fitting = [t for t in tiles if _fits(arch, problem.hdim_q, problem.hdim_v, t, problem.dtype, problem.is_paged)]
@@ -172,11 +172,21 @@ def uses_tma(spec: KernelSpec) -> bool:
     return dict(spec.defines).get("FMHA_KV_TMA") == "1"
 
 
-def tma_refusal(problem: Problem) -> str:
-    """Why a TMA tile cannot run the problem ("" when it can): its copies read dense K/V only (the
-    paged families, mixed and appendkv included, read a cache)."""
+TMA_MIN_PAGE = 16   # paged boxes start on a 1024-byte swizzle atom; at 8 the producer's page ids spilled
+
+
+def tma_refusal(problem: Problem, tile: dict) -> str:
+    """Why a TMA tile cannot run the problem ("" when it can): only the grid launch passes tensor
+    maps (not the persistent one of family mixed, nor appendkv's); a paged box is one page of one
+    KV head (not headwise tables), whole 16-row multiples that tile BLOCK_K."""
+    if problem.family in ("mixed", "appendkv"):
+        return f"the TMA tiles run the grid launch, not family {problem.family}'s"
     if problem.is_paged:
-        return "the TMA tiles read dense K/V"
+        page, block_k = problem.page_size, tile["block_k"]
+        if problem.page_table == "headwise":
+            return "the TMA tiles read one page table for every KV head"
+        if page % TMA_MIN_PAGE or (block_k % page and page % block_k):
+            return f"page size {page}: the TMA tiles take multiples of {TMA_MIN_PAGE} that tile {block_k} keys"
     return ""
 
 
@@ -189,32 +199,40 @@ class TensorGeometry:
     box: tuple      # elements
 
 
-def kv_geometry(problem: Problem, params: dict, block_k: int) -> tuple[TensorGeometry, TensorGeometry]:
-    """K's and V's geometry from the packed FmhaParams' pointers and strides: rows are a sequence's
-    tokens (batch mode; its sequences a fourth dim) or every sequence's (group mode: one packed run,
-    the kernel adds the sequence's first row). Raises ValueError where TMA cannot address them."""
+def kv_geometry(problem: Problem, params: dict, block_k: int, pool_pages: int = 0) -> tuple[TensorGeometry,
+                                                                                             TensorGeometry]:
+    """K's and V's geometry from the packed FmhaParams' pointers and strides. Dense: rows are a
+    sequence's tokens (batch mode; its sequences a fourth dim) or every sequence's (group mode: one
+    packed run, the kernel adds the sequence's first row). Paged: a page's rows, KV heads, the
+    cache's `pool_pages` pages. Raises ValueError where TMA cannot address them."""
     itemsize = 2   # 16-bit tiles only
     group = params["group_mode"] == 1
     rows = sum(problem.seqlens_k()) if group else params["max_seqlen_k"]
     found = []
     for name, hdim in (("k", problem.hdim_q), ("v", problem.hdim_v)):
         row, head = params[f"{name}_row_stride"] * itemsize, params[f"{name}_head_stride"] * itemsize
-        # a group-mode tensor has one "sequence": its stride only needs to be a valid one
-        batch = max(row * rows, head * problem.nhead_k) if group else params[f"{name}_batch_stride"] * itemsize
-        strides, address = (row, head, batch), params[name]
-        if address % 16 or any(s % 16 or not 0 < s < TMA_MAX_STRIDE for s in strides):
-            raise ValueError(f"{name.upper()} at {address:#x} with strides {strides} bytes: TMA needs 16-byte "
-                             "multiples")
-        found.append(TensorGeometry(address, (hdim, max(rows, 1), problem.nhead_k, 1 if group else problem.batch),
-                                    strides, (TMA_BOX_BYTES // itemsize, block_k, 1, 1)))
+        if problem.is_paged:
+            dims = (hdim, problem.page_size, problem.nhead_k, pool_pages)
+            strides, box_rows = (row, head, params[f"{name}_page_stride"] * itemsize), min(problem.page_size, block_k)
+        else:
+            # a group-mode tensor has one "sequence": its stride only needs to be a valid one
+            batch = max(row * rows, head * problem.nhead_k) if group else params[f"{name}_batch_stride"] * itemsize
+            dims = (hdim, max(rows, 1), problem.nhead_k, 1 if group else problem.batch)
+            strides, box_rows = (row, head, batch), block_k
+        address = params[name]
+        if address % 16 or any(s % 16 or not 0 < s < TMA_MAX_STRIDE for s in strides) or not dims[3]:
+            raise ValueError(f"{name.upper()} at {address:#x}, dims {dims}, strides {strides} bytes: TMA needs "
+                             "16-byte multiples")
+        found.append(TensorGeometry(address, dims, strides, (TMA_BOX_BYTES // itemsize, box_rows, 1, 1)))
     return found[0], found[1]
 
 
-def tma_arguments(params: bytes, problem: Problem, spec: KernelSpec,
-                  encode: Callable[[str, TensorGeometry], bytes]) -> bytes:
+def tma_arguments(params: bytes, problem: Problem, spec: KernelSpec, encode: Callable[[str, TensorGeometry], bytes],
+                  pool_pages: int = 0) -> bytes:
     """The launch argument of a TMA instance (FmhaTmaArgs): the packed FmhaParams, padded to 64 bytes,
-    then K's and V's tensor maps as `encode(dtype, geometry)` (the backend's) writes them."""
-    k, v = kv_geometry(problem, kernel_params.unpack(params), int(dict(spec.defines)["FMHA_BLOCK_K"]))
+    then K's and V's tensor maps as `encode(dtype, geometry)` (the backend's) writes them (paged:
+    over a cache of `pool_pages` pages)."""
+    k, v = kv_geometry(problem, kernel_params.unpack(params), int(dict(spec.defines)["FMHA_BLOCK_K"]), pool_pages)
     maps = [encode(problem.dtype, g) for g in (k, v)]
     assert all(len(m) == 128 for m in maps), "a tensor map is 128 bytes"
     return params + bytes(-len(params) % 64) + b"".join(maps)

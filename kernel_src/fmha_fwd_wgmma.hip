@@ -147,15 +147,17 @@ constexpr int kLoaderThreads = kWarpSpecialized ? kProducerThreads : kThreads;
 #endif
 constexpr int kStages = FMHA_KV_STAGES;
 static_assert(kStages == 2 || (kWarpSpecialized && kStages == 3), "K/V stages: 2, or 3 when warp-specialised");
-/* FMHA_KV_TMA 1: the producer copies whole dense K/V tiles with the tensor memory accelerator (one
-   thread issues a box per 128-byte column of the tile, the mbarrier counts its bytes) instead of
-   its 128 threads' cp.async chunks; a sequence's last partial tile still takes cp.async, whose
-   zero fill stops at the sequence's end (a box's stops only at the tensor's). The launch passes
-   the driver's tensor maps of K and V (FmhaTmaArgs). */
+/* FMHA_KV_TMA 1: the producer copies whole K/V tiles with the tensor memory accelerator (one
+   thread issues a box per 128-byte column of the tile, paged: per page of it, and the mbarrier
+   counts its bytes) instead of its 128 threads' cp.async chunks; a sequence's last partial tile
+   still takes cp.async, whose zero fill stops at the sequence's end (a box's stops only at the
+   tensor's), paged through rows located on the spot (no row table). The launch passes the
+   driver's tensor maps of K and V (FmhaTmaArgs). */
 #ifndef FMHA_KV_TMA
 #define FMHA_KV_TMA 0
 #endif
 constexpr bool kKvTma = FMHA_KV_TMA != 0;
+constexpr bool kRowTable = kPaged && !kKvTma;   /* paged rows resolved ahead into a shared table */
 FMHA_DEVICE int stage_of(int n) { return (int)((unsigned)n % kStages); }
 FMHA_DEVICE int stage_use(int n) { return (int)((unsigned)n / kStages); }
 constexpr int kChunkValues = 16 / (int)sizeof(InT);   /* values per 16-byte chunk */
@@ -210,9 +212,12 @@ constexpr int kPipelineBytes = kWarpSpecialized ? 128 : 0;   /* after the tiles 
 constexpr int kSmemBytes = kTileBytes + kPipelineBytes;
 static_assert(sizeof(Pipeline) <= 128, "pipeline barriers: 128 bytes after the tiles");
 static_assert(!kWarpSpecialized || !kFp8, "warp specialisation: 16-bit instances (fp8's V transpose needs every thread)");
-static_assert(!kKvTma || (kWarpSpecialized && !kPaged && !kPersistent), "FMHA_KV_TMA: dense K/V, warp-specialised grid instances");
-/* K's and V's tensor maps: dims (head dim, rows, KV heads, sequences), boxes of 128 bytes x BLOCK_K
-   rows, 128-byte swizzle (kernels_wgmma.kv_tensor_maps). */
+static_assert(!kKvTma || (kWarpSpecialized && !kPersistent), "FMHA_KV_TMA: warp-specialised grid instances");
+/* K's and V's tensor maps (kernels_wgmma.kv_geometry), 128-byte swizzle: dense dims (head dim,
+   rows, KV heads, sequences), boxes of 128 bytes x BLOCK_K rows; paged dims (head dim, page rows,
+   KV heads, pages), boxes of 128 bytes x min(page size, BLOCK_K) rows (page sizes: multiples of 16
+   that divide BLOCK_K or that it divides, so a box starts on a 1024-byte swizzle atom and a tile
+   has at most BLOCK_K / 16 of them: with 8-row pages the producer's page ids spilled). */
 struct KvTensorMaps {
     TensorMap k, v;
 };
@@ -489,12 +494,34 @@ struct VTransposer {
     }
 };
 
-/* FMHA_KV_TMA: a whole K or V tile (rows `row` .. + BLOCK_K of KV head hk, sequence `seq`, in the
-   map's coordinates) as one box per 128-byte column, issued by the producer's thread 0 after it
-   added the tile's bytes to `full`'s phase; the other producer threads only arrive. */
+/* FMHA_KV_TMA: where a whole tile's boxes start, read by the producer's thread 0 before it waits
+   for the stage (a page-table load waits behind the K/V traffic): dense, the tile's first row of
+   sequence `seq`; paged, each box's page and row in it. */
+struct TmaTileRows {
+    int row, seq;
+    int page[kPaged ? kBK / 16 : 1];
+};
+
+FMHA_DEVICE TmaTileRows tma_tile_rows(const FmhaParams& p, const KvSequence& kv, int b, int j0)
+{
+    TmaTileRows rows;
+    rows.row = kPaged ? j0 % p.page_size : kv.first_row + j0;
+    rows.seq = p.group_mode ? 0 : b;
+    if constexpr (kPaged) {
+        const int box_rows = imin(p.page_size, kBK);
+#pragma unroll
+        for (int i = 0; i < kBK / 16; ++i)
+            if (i * box_rows < kBK) rows.page[i] = kv.pages[(j0 + i * box_rows) / p.page_size];
+    }
+    return rows;
+}
+
+/* A whole K or V tile of KV head hk as one box per 128-byte column (paged: per page and column),
+   issued by the producer's thread 0 after it added the tile's bytes to `full`'s phase; the other
+   producer threads only arrive. */
 template <class Copier>
-FMHA_DEVICE void tma_tile(const Copier&, unsigned char* tile, const TensorMap* map, int row, int hk, int seq,
-                          MBarrier& full)
+FMHA_DEVICE void tma_tile(const Copier&, unsigned char* tile, const TensorMap* map, const TmaTileRows& rows,
+                          const FmhaParams& p, int hk, MBarrier& full)
 {
     constexpr int kColumns = Copier::kChunks / 8;
     if (threadIdx.x != 0) {
@@ -502,8 +529,33 @@ FMHA_DEVICE void tma_tile(const Copier&, unsigned char* tile, const TensorMap* m
         return;
     }
     mbarrier_arrive_expect_tx(&full, kColumns * kBK * 128);
-    for (int c = 0; c < kColumns; ++c)
-        tma_load_4d(tile + c * kBK * 128, map, c * kChunkValues * 8, row, hk, seq, &full);
+    if constexpr (kPaged) {
+        const int box_rows = imin(p.page_size, kBK);
+#pragma unroll
+        for (int i = 0; i < kBK / 16; ++i)   /* unrolled: the page ids stay in registers */
+            if (i * box_rows < kBK)
+                for (int c = 0; c < kColumns; ++c)
+                    tma_load_4d(tile + c * kBK * 128 + i * box_rows * 128, map, c * kChunkValues * 8, rows.row, hk,
+                                rows.page[i], &full);
+    } else {
+        for (int c = 0; c < kColumns; ++c)
+            tma_load_4d(tile + c * kBK * 128, map, c * kChunkValues * 8, rows.row, hk, rows.seq, &full);
+    }
+}
+
+/* FMHA_KV_TMA, paged: the last, partial tile by cp.async, its rows located on the spot. */
+template <class Copier>
+FMHA_DEVICE void load_located(const Copier& copier, unsigned char* tile, int j0, const FmhaParams& p,
+                              const KvSequence& kv, i64 page_stride, i64 row_stride)
+{
+    typename Copier::Offsets o;
+#pragma unroll
+    for (int i = 0; i < Copier::kCopies; ++i) {
+        int page, slot;
+        locate_key<true>(p, kv, j0 + copier.r0 + i * Copier::kStep, page, slot);
+        o.row[i] = page >= 0 ? page * page_stride + slot * row_stride : -1;
+    }
+    copier.issue(tile, o);
 }
 
 struct QueryRows {
@@ -558,11 +610,11 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
     };
     typename RowTable::Fetched fetched;   /* paged: the page ids of the next tile to store */
     auto fetch_rows = [&](int t) {
-        if constexpr (kPaged)
+        if constexpr (kRowTable)
             if (t < tiles.count) RowTable::fetch(fetched, tiles.first_key(t), p, kv);
     };
     auto store_rows = [&](int t) {
-        if constexpr (kPaged)
+        if constexpr (kRowTable)
             if (t < tiles.count) row_table.store(fetched, t, p);
     };
     const VTransposer transposer;
@@ -584,7 +636,7 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
         }
         if constexpr (Role == kProducerRole) {
             if (tiles.count == 0) return;
-            if constexpr (kPaged) {
+            if constexpr (kRowTable) {
                 for (int t = 0; t < PagedRowTable::kSlots; ++t) {
                     fetch_rows(t);
                     store_rows(t);
@@ -598,20 +650,26 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
             /* the block's n-th tile into stage n % kStages once its (n / kStages - 1)-th tile there was
                released; `map`: its tensor map (FMHA_KV_TMA) */
             auto produce = [&](const auto& copier, const i64* offsets, unsigned char* stage_tile, int t,
-                               MBarrier& empty, MBarrier& full, const TensorMap* map) {
-                const int use = stage_use(n0 + t);
-                if constexpr (kPaged) {
+                               MBarrier& empty, MBarrier& full, const TensorMap* map, i64 page_stride,
+                               i64 row_stride) {
+                const int use = stage_use(n0 + t), j0 = tiles.first_key(t);
+                if (kKvTma && j0 + kBK <= kv.length) {
+                    TmaTileRows rows;
+                    if (threadIdx.x == 0) rows = tma_tile_rows(p, kv, b, j0);
+                    if (use > 0) mbarrier_wait(&empty, (use - 1) & 1);
+                    tma_tile(copier, stage_tile, map, rows, p, hk, full);
+                    return;
+                }
+                if constexpr (kRowTable) {
                     const auto rows = copier.read(offsets);
                     if (use > 0) mbarrier_wait(&empty, (use - 1) & 1);
                     copier.issue(stage_tile, rows);
                 } else {
                     if (use > 0) mbarrier_wait(&empty, (use - 1) & 1);
-                    const int j0 = tiles.first_key(t);
-                    if (kKvTma && j0 + kBK <= kv.length) {
-                        tma_tile(copier, stage_tile, map, kv.first_row + j0, hk, p.group_mode ? 0 : b, full);
-                        return;
-                    }
-                    copier.load(stage_tile, j0, offsets);
+                    if constexpr (kPaged)
+                        load_located(copier, stage_tile, j0, p, kv, page_stride, row_stride);
+                    else
+                        copier.load(stage_tile, j0, offsets);
                 }
                 mbarrier_arrive_after_copies(&full);
             };
@@ -622,15 +680,15 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
             auto produce_k = [&](int t) {
                 const int stage = stage_of(n0 + t);
                 produce(k_copier, k_offsets(row_table, t), sk + stage * kKBytes, t, pipe.empty_k[stage], pipe.full_k[stage],
-                        kKvTma ? &maps->k : nullptr);
+                        kKvTma ? &maps->k : nullptr, p.k_page_stride, p.k_row_stride);
             };
             if (kAhead > 0) produce_k(0);
             for (int t = 0; t < tiles.count; ++t) {
                 const int stage = stage_of(n0 + t);
                 if (t + kAhead < tiles.count) produce_k(t + kAhead);
                 produce(v_copier, v_offsets(row_table, t), sv + stage * kVBytes, t, pipe.empty_v[stage], pipe.full_v[stage],
-                        kKvTma ? &maps->v : nullptr);
-                if constexpr (kPaged) {   /* tile t's slot: K_t and V_t issued (the last: the next item may refill) */
+                        kKvTma ? &maps->v : nullptr, p.v_page_stride, p.v_row_stride);
+                if constexpr (kRowTable) {   /* tile t's slot: K_t and V_t issued (the last: the next item may refill) */
                     named_barrier_sync(kLoaderBarrier, kProducerThreads);
                     store_rows(t + 3);
                     fetch_rows(t + 4);
@@ -998,7 +1056,7 @@ static FMHA_DEVICE void grid_block(const FmhaParams& p, unsigned char* smem, con
         item.key_end = imin(item.key_begin + width, keys);
         item.slot = split;
     }
-    with_row_table<kPaged>([&](auto& row_table) {
+    with_row_table<kRowTable>([&](auto& row_table) {
         run_roles(smem, [&](auto role) {
             PipelinePosition pos;
             attention<FMHA_SOFT_CAP != 0, decltype(role)::value>(p, item, q_first, seqlen_q,
@@ -1014,7 +1072,7 @@ static FMHA_DEVICE void persistent_block(const FmhaMixedArgs& a, unsigned char* 
     const PlanView plan{(const int*)a.plan};
     const PartialSlots partials{(float*)a.o_part, (float*)a.lse_part};
     const int begin = plan.block_begin()[blockIdx.x], end = plan.block_begin()[blockIdx.x + 1];
-    with_row_table<kPaged>([&](auto& row_table) {
+    with_row_table<kRowTable>([&](auto& row_table) {
         run_roles(smem, [&](auto role) {
             PipelinePosition pos;
             for (int i = begin; i < end; ++i) {

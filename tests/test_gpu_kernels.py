@@ -14,19 +14,20 @@ from fmha_bench.problem import Problem
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module", params=["dispatcher", "wgmma", "wgmma-decode", "wgmma-ws", "wgmma-ws3",
+@pytest.fixture(scope="module", params=["dispatcher", "wgmma", "wgmma-decode", "wgmma-ws", "wgmma-ws3", "wgmma-tma",
                                         "wgmma-persistent", "pages", "mma", "portable"])
 def gpu(request):
     """Every case runs with the dispatcher's pick and with each kernel family forced: wgmma
     (sm_90a; its first grid tile, its first one-warpgroup decode tile at any query length, its
-    first warp-specialised grid tile: tags ending in `ws`, the three-consumer one of hdim 64, and
-    the persistent launch of a warp-specialised tile over a plan: prefill points), the whole-page
+    first cp.async warp-specialised grid tile: tags ending in `ws`, the three-consumer one of hdim
+    64, the first TMA tile (dense K/V through tensor maps), and the persistent launch of a warp-specialised tile over a plan: prefill points), the whole-page
     decode kernel (paged points with <= 16 rows per KV head), mma.sync, portable (skipped where the
     forced family does not run the case)."""
     backend, device = open_gpu()
     from fmha_bench.providers.fmha import FmhaProvider
     provider = FmhaProvider()
-    forced = {"wgmma": "wgmma-*", "wgmma-decode": "wgmma-q64", "wgmma-ws": "wgmma-*ws", "wgmma-ws3": "wgmma-q192",
+    forced = {"wgmma": "wgmma-*", "wgmma-decode": "wgmma-q64", "wgmma-ws": "wgmma-*ws", "wgmma-ws3": "wgmma-q192*ws",
+              "wgmma-tma": "wgmma-*-tma",
               "wgmma-persistent": "persistent-", "pages": "pages-*", "mma": "mma-*",
               "portable": "portable"}.get(request.param)
     if forced:

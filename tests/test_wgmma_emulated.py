@@ -22,10 +22,10 @@ from test_mma_emulated import Emulated as Unsplit
 from test_mma_emulated import _assert_matches, paged
 from emulated_backend import emulated_tensor_map
 
-from fmha_bench import dtypes
+from fmha_bench import archs, dtypes
 from fmha_bench.kernels import combine_launch_config, kernel_args, select_combine
-from fmha_bench.kernels_wgmma import (shared_bytes, spec_tile, tma_arguments, uses_tma, wgmma_candidates,
-                                     wgmma_launch_config)
+from fmha_bench.kernels_wgmma import (shared_bytes, spec_tile, tma_arguments, tma_refusal, uses_tma,
+                                     wgmma_candidates, wgmma_launch_config)
 from fmha_bench.problem import Problem
 from fmha_bench.reference import split_partials
 
@@ -82,7 +82,9 @@ def launch_and_combine(lib, spec, combine_library, problem: Problem, x, host: di
     """One emulated launch of `lib`'s forward kernel (instance `spec`) over `grid`, then (splits > 1)
     the combine."""
     args = kernel_args(problem, x, ptrs, splits)
-    run_emulated(lib, tma_arguments(args, problem, spec, emulated_tensor_map) if uses_tma(spec) else args, grid)
+    if uses_tma(spec):
+        args = tma_arguments(args, problem, spec, emulated_tensor_map, x.k.shape[0] if problem.is_paged else 0)
+    run_emulated(lib, args, grid)
     if splits > 1:
         combine = select_combine(problem, "sm_90a")
         run_emulated(combine_library(combine), args, combine_launch_config(combine, problem)[0])
@@ -191,18 +193,34 @@ def test_running_max_growing_past_the_slack_rescales_o(emulate, problem):
          nhead_k=2), False),                                              # packed rows: the sequence's first row
     (fwd(family="splitkv", dtype="fp16", seqlen_q=70, seqlen_k=900, mask="t:8,-1,2", num_splits=3), False),
     (fwd(dtype="fp16", batch=2, seqlen_q=150, seqlen_k=640, mask="0"), True),   # a box landing at once
+    (paged(dtype="fp16", hdim_q=128, page_size=16, page_table="vllm", kv_layout="nhd", seqlen_k=[300, 5, 129]),
+     False),                                                              # a box per page, 8 per tile
+    (paged(dtype="bf16", hdim_q=128, page_size=256, page_table="sglang", kv_layout="hnd", seqlen_k=[600, 17, 529]),
+     False),                                                              # a tile's part of a page
+    (paged(dtype="bf16", hdim_q=256, page_size=32, page_table="vllm", kv_layout="hnd", seqlen_k=[300, 70, 129],
+           sink=True), False),                                            # 64-key tiles: two pages each
+    (paged(dtype="fp16", hdim_q=64, page_size=64, page_table="vllm", kv_layout="nhd", seqlen_k=[400, 3, 200]),
+     True),
 ], ids=lambda x: x.name() if isinstance(x, Problem) else ("early" if x else "late"))
 def test_tma_tiles_match_reference(emulate, problem, early_copies):
-    """The producer's tensor copies (box coordinates of sequence, KV head and row; one box per
-    128-byte column, swizzled; the mbarrier's byte count) beside its cp.async for partial tiles."""
+    """The producer's tensor copies (box coordinates of sequence or page, KV head and row; one box
+    per 128-byte column and page, swizzled; the mbarrier's byte count) beside its cp.async for
+    partial tiles (paged: rows located on the spot, the NaN page -1 never read)."""
     tag = next(tag for tag, _ in wgmma_candidates(problem, "sm_90a") if tag.endswith("-tma"))
     _assert_matches(problem, emulate(problem, tag=tag, early_copies=early_copies))
 
 
-def test_tma_tiles_are_not_offered_for_paged_kv():
-    found = wgmma_candidates(paged(dtype="fp16", hdim_q=128, page_size=16, page_table="vllm", kv_layout="nhd",
-                                   seqlen_k=[300, 5, 129]), "sm_90a")
+@pytest.mark.parametrize("fields,reason", [
+    (dict(page_size=8, page_table="vllm"), "page size 8"),
+    (dict(page_size=48, page_table="vllm"), "page size 48"),
+    (dict(page_size=16, page_table="headwise"), "one page table"),
+], ids=lambda x: str(x))
+def test_tma_tiles_refuse_pages_they_cannot_box(fields, reason):
+    problem = paged(dtype="fp16", hdim_q=128, kv_layout="nhd", seqlen_k=[300, 5, 129], **fields)
+    found = wgmma_candidates(problem, "sm_90a")
     assert found and not any(tag.endswith("-tma") for tag, _ in found), found
+    tile = next(t for t in archs.kernel_tile_candidates("sm_90a", "wgmma", 128, 128) if t.get("tma"))
+    assert reason in tma_refusal(problem, tile)
 
 
 # ----------------------------------------------------------------------------- decode tiles: one warpgroup

@@ -219,11 +219,12 @@ class FmhaProvider(Provider):
 
 def _arguments(session, spec, problem, params: bytes):
     """A forward grid launch's KernelArguments: the packed FmhaParams, followed by K's and V's tensor
-    maps for a TMA instance (kernels_wgmma.tma_arguments)."""
+    maps for a TMA instance (kernels_wgmma.tma_arguments; paged: over the cache's pages)."""
     from ..backends.base import KernelArguments
     from ..kernels_wgmma import tma_arguments, uses_tma
     if uses_tma(spec):
-        params = tma_arguments(params, problem, spec, session.backend.encode_tensor_map)
+        pool_pages = session.inputs.k.shape[0] if problem.is_paged else 0
+        params = tma_arguments(params, problem, spec, session.backend.encode_tensor_map, pool_pages)
     return KernelArguments(params)
 
 
