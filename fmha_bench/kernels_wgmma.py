@@ -172,21 +172,19 @@ def uses_tma(spec: KernelSpec) -> bool:
     return dict(spec.defines).get("FMHA_KV_TMA") == "1"
 
 
-TMA_MIN_PAGE = 16   # paged boxes start on a 1024-byte swizzle atom; at 8 the producer's page ids spilled
-
-
 def tma_refusal(problem: Problem, tile: dict) -> str:
     """Why a TMA tile cannot run the problem ("" when it can): only the grid launch passes tensor
-    maps (not the persistent one of family mixed, nor appendkv's); a paged box is one page of one
-    KV head (not headwise tables), whole 16-row multiples that tile BLOCK_K."""
+    maps (not the persistent one of family mixed, nor appendkv's); paged, a tile's box lies in one
+    page of one KV head (one table for every head, pages of whole tiles: a box per smaller page
+    ran at 59% of the cp.async tile, page 16, H100 session 13)."""
     if problem.family in ("mixed", "appendkv"):
         return f"the TMA tiles run the grid launch, not family {problem.family}'s"
     if problem.is_paged:
         page, block_k = problem.page_size, tile["block_k"]
         if problem.page_table == "headwise":
             return "the TMA tiles read one page table for every KV head"
-        if page % TMA_MIN_PAGE or (block_k % page and page % block_k):
-            return f"page size {page}: the TMA tiles take multiples of {TMA_MIN_PAGE} that tile {block_k} keys"
+        if page % block_k:
+            return f"page size {page}: the TMA tile takes pages of whole {block_k}-key tiles"
     return ""
 
 
@@ -213,17 +211,17 @@ def kv_geometry(problem: Problem, params: dict, block_k: int, pool_pages: int = 
         row, head = params[f"{name}_row_stride"] * itemsize, params[f"{name}_head_stride"] * itemsize
         if problem.is_paged:
             dims = (hdim, problem.page_size, problem.nhead_k, pool_pages)
-            strides, box_rows = (row, head, params[f"{name}_page_stride"] * itemsize), min(problem.page_size, block_k)
+            strides = (row, head, params[f"{name}_page_stride"] * itemsize)
         else:
             # a group-mode tensor has one "sequence": its stride only needs to be a valid one
             batch = max(row * rows, head * problem.nhead_k) if group else params[f"{name}_batch_stride"] * itemsize
             dims = (hdim, max(rows, 1), problem.nhead_k, 1 if group else problem.batch)
-            strides, box_rows = (row, head, batch), block_k
+            strides = (row, head, batch)
         address = params[name]
         if address % 16 or any(s % 16 or not 0 < s < TMA_MAX_STRIDE for s in strides) or not dims[3]:
             raise ValueError(f"{name.upper()} at {address:#x}, dims {dims}, strides {strides} bytes: TMA needs "
                              "16-byte multiples")
-        found.append(TensorGeometry(address, dims, strides, (TMA_BOX_BYTES // itemsize, box_rows, 1, 1)))
+        found.append(TensorGeometry(address, dims, strides, (TMA_BOX_BYTES // itemsize, block_k, 1, 1)))
     return found[0], found[1]
 
 

@@ -148,8 +148,8 @@ constexpr int kLoaderThreads = kWarpSpecialized ? kProducerThreads : kThreads;
 constexpr int kStages = FMHA_KV_STAGES;
 static_assert(kStages == 2 || (kWarpSpecialized && kStages == 3), "K/V stages: 2, or 3 when warp-specialised");
 /* FMHA_KV_TMA 1: the producer copies whole K/V tiles with the tensor memory accelerator (one
-   thread issues a box per 128-byte column of the tile, paged: per page of it, and the mbarrier
-   counts its bytes) instead of its 128 threads' cp.async chunks; a sequence's last partial tile
+   thread issues a box per 128-byte column of the tile and the mbarrier counts its bytes) instead
+   of its 128 threads' cp.async chunks; a sequence's last partial tile
    still takes cp.async, whose zero fill stops at the sequence's end (a box's stops only at the
    tensor's), paged through rows located on the spot (no row table). The launch passes the
    driver's tensor maps of K and V (FmhaTmaArgs). */
@@ -214,10 +214,9 @@ static_assert(sizeof(Pipeline) <= 128, "pipeline barriers: 128 bytes after the t
 static_assert(!kWarpSpecialized || !kFp8, "warp specialisation: 16-bit instances (fp8's V transpose needs every thread)");
 static_assert(!kKvTma || (kWarpSpecialized && !kPersistent), "FMHA_KV_TMA: warp-specialised grid instances");
 /* K's and V's tensor maps (kernels_wgmma.kv_geometry), 128-byte swizzle: dense dims (head dim,
-   rows, KV heads, sequences), boxes of 128 bytes x BLOCK_K rows; paged dims (head dim, page rows,
-   KV heads, pages), boxes of 128 bytes x min(page size, BLOCK_K) rows (page sizes: multiples of 16
-   that divide BLOCK_K or that it divides, so a box starts on a 1024-byte swizzle atom and a tile
-   has at most BLOCK_K / 16 of them: with 8-row pages the producer's page ids spilled). */
+   rows, KV heads, sequences), paged dims (head dim, page rows, KV heads, pages); boxes of 128 bytes
+   x BLOCK_K rows (paged: page sizes that are multiples of BLOCK_K, so a tile lies in one page; a
+   box per page of smaller pages ran at 355 TFLOPS where cp.async ran 604, page 16, H100 s13). */
 struct KvTensorMaps {
     TensorMap k, v;
 };
@@ -494,34 +493,27 @@ struct VTransposer {
     }
 };
 
-/* FMHA_KV_TMA: where a whole tile's boxes start, read by the producer's thread 0 before it waits
-   for the stage (a page-table load waits behind the K/V traffic): dense, the tile's first row of
-   sequence `seq`; paged, each box's page and row in it. */
+/* FMHA_KV_TMA: where a whole tile's boxes start (its first row; the sequence, paged: the page),
+   read by the producer's thread 0 before it waits for the stage (a page-table load waits behind
+   the K/V traffic). */
 struct TmaTileRows {
-    int row, seq;
-    int page[kPaged ? kBK / 16 : 1];
+    int row, outer;
 };
 
 FMHA_DEVICE TmaTileRows tma_tile_rows(const FmhaParams& p, const KvSequence& kv, int b, int j0)
 {
-    TmaTileRows rows;
-    rows.row = kPaged ? j0 % p.page_size : kv.first_row + j0;
-    rows.seq = p.group_mode ? 0 : b;
-    if constexpr (kPaged) {
-        const int box_rows = imin(p.page_size, kBK);
-#pragma unroll
-        for (int i = 0; i < kBK / 16; ++i)
-            if (i * box_rows < kBK) rows.page[i] = kv.pages[(j0 + i * box_rows) / p.page_size];
-    }
-    return rows;
+    if constexpr (kPaged)
+        return {j0 % p.page_size, kv.pages[j0 / p.page_size]};
+    else
+        return {kv.first_row + j0, p.group_mode ? 0 : b};
 }
 
-/* A whole K or V tile of KV head hk as one box per 128-byte column (paged: per page and column),
-   issued by the producer's thread 0 after it added the tile's bytes to `full`'s phase; the other
-   producer threads only arrive. */
+/* A whole K or V tile of KV head hk as one box per 128-byte column, issued by the producer's
+   thread 0 after it added the tile's bytes to `full`'s phase; the other producer threads only
+   arrive. */
 template <class Copier>
-FMHA_DEVICE void tma_tile(const Copier&, unsigned char* tile, const TensorMap* map, const TmaTileRows& rows,
-                          const FmhaParams& p, int hk, MBarrier& full)
+FMHA_DEVICE void tma_tile(const Copier&, unsigned char* tile, const TensorMap* map, const TmaTileRows& rows, int hk,
+                          MBarrier& full)
 {
     constexpr int kColumns = Copier::kChunks / 8;
     if (threadIdx.x != 0) {
@@ -529,18 +521,8 @@ FMHA_DEVICE void tma_tile(const Copier&, unsigned char* tile, const TensorMap* m
         return;
     }
     mbarrier_arrive_expect_tx(&full, kColumns * kBK * 128);
-    if constexpr (kPaged) {
-        const int box_rows = imin(p.page_size, kBK);
-#pragma unroll
-        for (int i = 0; i < kBK / 16; ++i)   /* unrolled: the page ids stay in registers */
-            if (i * box_rows < kBK)
-                for (int c = 0; c < kColumns; ++c)
-                    tma_load_4d(tile + c * kBK * 128 + i * box_rows * 128, map, c * kChunkValues * 8, rows.row, hk,
-                                rows.page[i], &full);
-    } else {
-        for (int c = 0; c < kColumns; ++c)
-            tma_load_4d(tile + c * kBK * 128, map, c * kChunkValues * 8, rows.row, hk, rows.seq, &full);
-    }
+    for (int c = 0; c < kColumns; ++c)
+        tma_load_4d(tile + c * kBK * 128, map, c * kChunkValues * 8, rows.row, hk, rows.outer, &full);
 }
 
 /* FMHA_KV_TMA, paged: the last, partial tile by cp.async, its rows located on the spot. */
@@ -657,7 +639,7 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
                     TmaTileRows rows;
                     if (threadIdx.x == 0) rows = tma_tile_rows(p, kv, b, j0);
                     if (use > 0) mbarrier_wait(&empty, (use - 1) & 1);
-                    tma_tile(copier, stage_tile, map, rows, p, hk, full);
+                    tma_tile(copier, stage_tile, map, rows, hk, full);
                     return;
                 }
                 if constexpr (kRowTable) {

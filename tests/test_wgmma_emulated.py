@@ -193,27 +193,27 @@ def test_running_max_growing_past_the_slack_rescales_o(emulate, problem):
          nhead_k=2), False),                                              # packed rows: the sequence's first row
     (fwd(family="splitkv", dtype="fp16", seqlen_q=70, seqlen_k=900, mask="t:8,-1,2", num_splits=3), False),
     (fwd(dtype="fp16", batch=2, seqlen_q=150, seqlen_k=640, mask="0"), True),   # a box landing at once
-    (paged(dtype="fp16", hdim_q=128, page_size=16, page_table="vllm", kv_layout="nhd", seqlen_k=[300, 5, 129]),
-     False),                                                              # a box per page, 8 per tile
+    (paged(dtype="fp16", hdim_q=128, page_size=128, page_table="vllm", kv_layout="nhd", seqlen_k=[300, 5, 129]),
+     False),                                                              # a tile per page
     (paged(dtype="bf16", hdim_q=128, page_size=256, page_table="sglang", kv_layout="hnd", seqlen_k=[600, 17, 529]),
      False),                                                              # a tile's part of a page
-    (paged(dtype="bf16", hdim_q=256, page_size=32, page_table="vllm", kv_layout="hnd", seqlen_k=[300, 70, 129],
-           sink=True), False),                                            # 64-key tiles: two pages each
-    (paged(dtype="fp16", hdim_q=64, page_size=64, page_table="vllm", kv_layout="nhd", seqlen_k=[400, 3, 200]),
+    (paged(dtype="bf16", hdim_q=256, page_size=64, page_table="vllm", kv_layout="hnd", seqlen_k=[300, 70, 129],
+           sink=True), False),                                            # 64-key tiles
+    (paged(dtype="fp16", hdim_q=64, page_size=256, page_table="vllm", kv_layout="nhd", seqlen_k=[600, 3, 300]),
      True),
 ], ids=lambda x: x.name() if isinstance(x, Problem) else ("early" if x else "late"))
 def test_tma_tiles_match_reference(emulate, problem, early_copies):
     """The producer's tensor copies (box coordinates of sequence or page, KV head and row; one box
-    per 128-byte column and page, swizzled; the mbarrier's byte count) beside its cp.async for
-    partial tiles (paged: rows located on the spot, the NaN page -1 never read)."""
+    per 128-byte column, swizzled; the mbarrier's byte count) beside its cp.async for partial
+    tiles (paged: rows located on the spot, the NaN page -1 never read)."""
     tag = next(tag for tag, _ in wgmma_candidates(problem, "sm_90a") if tag.endswith("-tma"))
     _assert_matches(problem, emulate(problem, tag=tag, early_copies=early_copies))
 
 
 @pytest.mark.parametrize("fields,reason", [
-    (dict(page_size=8, page_table="vllm"), "page size 8"),
-    (dict(page_size=48, page_table="vllm"), "page size 48"),
-    (dict(page_size=16, page_table="headwise"), "one page table"),
+    (dict(page_size=16, page_table="vllm"), "page size 16"),
+    (dict(page_size=192, page_table="vllm"), "page size 192"),
+    (dict(page_size=128, page_table="headwise"), "one page table"),
 ], ids=lambda x: str(x))
 def test_tma_tiles_refuse_pages_they_cannot_box(fields, reason):
     problem = paged(dtype="fp16", hdim_q=128, kv_layout="nhd", seqlen_k=[300, 5, 129], **fields)
