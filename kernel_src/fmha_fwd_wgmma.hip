@@ -22,7 +22,10 @@
    softmax overlaps another's GEMMs (H100, fp16 hdim 128 8k: 449 -> 615 TFLOPS; NOTES.md, session 8).
    A persistent block's producer runs on into its next item's Q and K/V while the consumers finish
    the last one, through three K/V stages where shared memory holds them (H100, fp16 prefill with
-   short row tiles: +1..+20% over the grid launch; NOTES.md, sessions 10-11).
+   short row tiles: +1..+20% over the grid launch; NOTES.md, sessions 10-11). FMHA_KV_TMA 1 (grid
+   launch): the producer's thread 0 copies each whole K/V tile as tensor-map boxes (TMA) instead of
+   128 threads' cp.async (H100, fp16/bf16 8k: +1.3..+3.0%, past cuDNN at hdim 128 and 256;
+   NOTES.md, session 13).
 
    A block's attention is a work item (fmha_work_plan.h), as in fmha_fwd_mma.hip: entry
    fmha_fwd_wgmma(FmhaParams) runs the grid above (one item per block, every key, final output;
@@ -33,8 +36,9 @@
 
    Algorithm:
    - Q, and two (persistent warp-specialised: three) stages of K/V tiles, live in shared memory
-     in the 128-byte swizzled layout that wgmma reads (fmha_wgmma.h); every thread fetches 16-byte
-     chunks with cp.async, absent keys zero-filled.
+     in the 128-byte swizzled layout that wgmma reads (fmha_wgmma.h); the copying threads fetch
+     16-byte chunks with cp.async, absent keys zero-filled (TMA tiles: whole K/V tiles as boxes,
+     whose 128-byte swizzle is that layout).
    - S = Q K^T (m64 x BLOCK_K per warpgroup, both operands from shared memory); the online softmax
      on S's accumulator registers; O += P V with P from registers (rounded to the input type) and
      V from shared memory. Step t issues S_{t+1} and P_t V_t back to back and runs the softmax of
