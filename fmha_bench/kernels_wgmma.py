@@ -162,8 +162,9 @@ def wgmma_launch_config(spec: KernelSpec, problem: Problem, num_splits: int = 1)
 
 
 # ----------------------------------------------------------------------------- tensor maps (FMHA_KV_TMA)
-# A TMA tile's producer copies whole dense K/V tiles as boxes of the driver's tensor maps: dims
-# (head dim, rows, KV heads, sequences), one box = one 128-byte swizzle line of BLOCK_K rows.
+# A TMA tile's producer copies whole K/V tiles as boxes of the driver's tensor maps (dense: dims
+# head dim, rows, KV heads, sequences; paged: head dim, page rows, KV heads, pages), one box = one
+# 128-byte swizzle line of BLOCK_K rows.
 TMA_BOX_BYTES = 128
 TMA_MAX_STRIDE = 1 << 40
 
@@ -220,7 +221,7 @@ def kv_geometry(problem: Problem, params: dict, block_k: int, pool_pages: int = 
         address = params[name]
         if address % 16 or any(s % 16 or not 0 < s < TMA_MAX_STRIDE for s in strides) or not dims[3]:
             raise ValueError(f"{name.upper()} at {address:#x}, dims {dims}, strides {strides} bytes: TMA needs "
-                             "16-byte multiples")
+                             "16-byte multiples and a non-empty tensor")
         found.append(TensorGeometry(address, dims, strides, (TMA_BOX_BYTES // itemsize, block_k, 1, 1)))
     return found[0], found[1]
 
@@ -234,4 +235,3 @@ def tma_arguments(params: bytes, problem: Problem, spec: KernelSpec, encode: Cal
     maps = [encode(problem.dtype, g) for g in (k, v)]
     assert all(len(m) == 128 for m in maps), "a tensor map is 128 bytes"
     return params + bytes(-len(params) % 64) + b"".join(maps)
-
