@@ -178,3 +178,34 @@ def test_a_prefill_point_s_persistent_pick_is_one_launch_over_its_plan_without_a
     assert launch[2:5] == ((132, 1, 1), (384, 1, 1), 230528)   # Q and three K/V stages (kernels_wgmma.shared_bytes)
     values = unpack(ctypes.string_at(ctypes.c_void_p.from_address(launch[5].address).value, ctypes.sizeof(FmhaParams)))
     assert (values["batch"], values["max_seqlen_q"], values["max_seqlen_k"]) == (2, 1000, 1000)
+
+
+class TensorMapBackend(RecordingBackend):
+    """Also encodes tensor maps: records each geometry, returns 128 recognisable bytes."""
+
+    def encode_tensor_map(self, dtype, geometry):
+        self.calls.append(("encode", dtype, geometry))
+        return bytes([len([c for c in self.calls if c[0] == "encode"])]) * 128
+
+
+def test_a_tma_pick_launches_params_then_k_and_v_tensor_maps(no_compiler):
+    """Dense fp16 8k: the dispatcher's TMA tile gets FmhaParams padded to 64 bytes, then K's and V's
+    maps (the backend's bytes, in that order), with K's geometry from the [B, Hk, S, D] layout."""
+    problem = Problem(batch=2, seqlen_q=8192, seqlen_k=8192, nhead_q=16, nhead_k=4, hdim_q=128)
+    backend = TensorMapBackend()
+    session = PointSession(backend, backend.device_info(), problem, problem.make_inputs(0))
+    prepared = FmhaProvider().prepare(problem, session)
+    assert "wgmma_q128k128ws_tma" in prepared.kernel, prepared.kernel
+    encodes = [c for c in backend.calls if c[0] == "encode"]
+    assert [c[1] for c in encodes] == ["fp16", "fp16"]
+    k = encodes[0][2]
+    assert k.dims == (128, 8192, 4, 2) and k.box == (64, 128, 1, 1)
+    assert k.strides == (256, 8192 * 256, 4 * 8192 * 256)
+    backend.calls.clear()
+    prepared.launch()
+    (_, _, _, _, _, args, _), = backend.calls
+    blob = args._blob.raw
+    size = ctypes.sizeof(FmhaParams)
+    padded = size + -size % 64
+    assert len(blob) == padded + 256 and unpack(blob[:size])["k"] == k.address
+    assert blob[padded:padded + 128] == b"\x01" * 128 and blob[padded + 128:] == b"\x02" * 128

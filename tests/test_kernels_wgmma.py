@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from test_wgmma_ops import _generator
 
 from fmha_bench import archs
@@ -70,3 +72,37 @@ def test_every_tile_in_the_table_names_the_rows_its_warpgroups_hold():
     raw = json.loads(archs._specs_text())
     tiles = [t for tile_set in raw["wgmma_tile_sets"].values() for per_hdim in tile_set.values() for t in per_hdim]
     assert tiles and all(t["block_q"] == block_q(t) == 64 * t["warpgroups"] for t in tiles)
+
+
+def _packed(problem: Problem) -> dict:
+    from fmha_bench.kernels import kernel_args
+    from fmha_bench.kernel_params import unpack
+    inputs = problem.make_inputs(0)
+    names = ("q", "k", "v", "o", "lse", "seqstart_q", "seqstart_k", "seqlen_k", "block_table", "kv_indptr",
+             "kv_page_indices", "kv_last_page_len", "sink_logits")
+    return unpack(kernel_args(problem, inputs, {n: 0x100000 * (i + 1) for i, n in enumerate(names)})), inputs
+
+
+def test_tma_geometry_of_group_mode_and_paged_layouts():
+    """Group mode: one packed run of every sequence's rows ([total, Hk, D]); paged: a page's rows,
+    KV heads and the pool's pages, strides from the cache layout (HND and NHD)."""
+    from fmha_bench.kernels_wgmma import kv_geometry
+    group = Problem(mode="group", batch=3, seqlen_q=[5, 0, 9], seqlen_k=[300, 0, 129], nhead_q=8, nhead_k=2)
+    params, _ = _packed(group)
+    k, v = kv_geometry(group, params, 128)
+    assert k.dims == (128, 429, 2, 1) and k.strides[:2] == (2 * 128 * 2, 128 * 2) and k.box == (64, 128, 1, 1)
+    assert v.address == params["v"] and v.strides[2] % 16 == 0
+    for layout, row, head in (("hnd", 128 * 2, 256 * 128 * 2), ("nhd", 2 * 128 * 2, 128 * 2)):
+        paged = Problem(family="paged", page_table="vllm", page_size=256, kv_layout=layout, batch=2, seqlen_q=4,
+                        seqlen_k=700, nhead_q=8, nhead_k=2)
+        params, inputs = _packed(paged)
+        k, _ = kv_geometry(paged, params, 128, inputs.k.shape[0])
+        assert k.dims == (128, 256, 2, inputs.k.shape[0]) and k.strides == (row, head, 2 * 256 * 128 * 2), layout
+
+
+def test_tma_geometry_refuses_strides_the_copies_cannot_address():
+    from fmha_bench.kernels_wgmma import kv_geometry
+    problem = Problem(batch=1, seqlen_q=64, seqlen_k=64, nhead_q=2, nhead_k=2, hdim_q=128)
+    params, _ = _packed(problem)
+    with pytest.raises(ValueError, match="16-byte multiples"):
+        kv_geometry(problem, {**params, "k": params["k"] + 8}, 128)
