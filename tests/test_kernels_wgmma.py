@@ -1,5 +1,6 @@
-"""Host side of the wgmma forward kernel for fp8 (fmha_bench/kernels_wgmma.py) and the generated
-e4m3 k32 wrappers it compiles against (kernel_src/fmha_wgmma_ops.h)."""
+"""Host side of the wgmma forward kernel (fmha_bench/kernels_wgmma.py: fp8 tiles, the TMA tiles'
+tensor geometry) and the generated e4m3 k32 wrappers it compiles against
+(kernel_src/fmha_wgmma_ops.h)."""
 from __future__ import annotations
 
 import json
