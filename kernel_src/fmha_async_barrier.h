@@ -71,11 +71,6 @@ FMHA_DEVICE void tma_load_4d(void* dst, const TensorMap* map, int c0, int c1, in
         : "memory");
 }
 
-FMHA_DEVICE void tma_prefetch_map(const TensorMap* map)
-{
-    asm volatile("prefetch.tensormap [%0];\n" ::"l"((unsigned long long)map) : "memory");
-}
-
 FMHA_DEVICE void mbarrier_wait(MBarrier* bar, unsigned parity)
 {
     asm volatile(

@@ -222,8 +222,6 @@ inline void tma_load_4d(void* dst, const TensorMap* map, int c0, int c1, int c2,
     async_emu::complete_if_done(m);
 }
 
-inline void tma_prefetch_map(const TensorMap*) {}
-
 /* The thread's copies in flight land when a waiter sees this phase complete (mbarrier_wait). */
 inline void mbarrier_arrive_after_copies(MBarrier* bar)
 {
