@@ -164,7 +164,7 @@ def wgmma_launch_config(spec: KernelSpec, problem: Problem, num_splits: int = 1)
 # ----------------------------------------------------------------------------- tensor maps (FMHA_KV_TMA)
 # A TMA tile's producer copies whole K/V tiles as boxes of the driver's tensor maps (dense: dims
 # head dim, rows, KV heads, sequences; paged: head dim, page rows, KV heads, pages), one box = one
-# 128-byte swizzle line of BLOCK_K rows.
+# 128-byte swizzle line of BLOCK_K rows (paged: of min(page size, BLOCK_K) rows).
 TMA_BOX_BYTES = 128
 TMA_MAX_STRIDE = 1 << 40
 
@@ -173,19 +173,22 @@ def uses_tma(spec: KernelSpec) -> bool:
     return dict(spec.defines).get("FMHA_KV_TMA") == "1"
 
 
+TMA_MIN_PAGE = 16   # a paged box starts on a 1024-byte swizzle atom; a tile has at most BLOCK_K / 16 of them
+
+
 def tma_refusal(problem: Problem, tile: dict) -> str:
     """Why a TMA tile cannot run the problem ("" when it can): only the grid launch passes tensor
-    maps (not the persistent one of family mixed, nor appendkv's); paged, a tile's box lies in one
-    page of one KV head (one table for every head, pages of whole tiles: a box per smaller page
-    ran at 59% of the cp.async tile, page 16, H100 session 13)."""
+    maps (not the persistent one of family mixed, nor appendkv's); paged, a box lies in one page of
+    one KV head (one table for every head; pages of 16-row multiples that tile BLOCK_K or that it
+    tiles)."""
     if problem.family in ("mixed", "appendkv"):
         return f"the TMA tiles run the grid launch, not family {problem.family}'s"
     if problem.is_paged:
         page, block_k = problem.page_size, tile["block_k"]
         if problem.page_table == "headwise":
             return "the TMA tiles read one page table for every KV head"
-        if page % block_k:
-            return f"page size {page}: the TMA tile takes pages of whole {block_k}-key tiles"
+        if page % TMA_MIN_PAGE or (block_k % page and page % block_k):
+            return f"page size {page}: the TMA tiles take multiples of {TMA_MIN_PAGE} that tile {block_k} keys"
     return ""
 
 
@@ -212,17 +215,17 @@ def kv_geometry(problem: Problem, params: dict, block_k: int, pool_pages: int = 
         row, head = params[f"{name}_row_stride"] * itemsize, params[f"{name}_head_stride"] * itemsize
         if problem.is_paged:
             dims = (hdim, problem.page_size, problem.nhead_k, pool_pages)
-            strides = (row, head, params[f"{name}_page_stride"] * itemsize)
+            strides, box_rows = (row, head, params[f"{name}_page_stride"] * itemsize), min(problem.page_size, block_k)
         else:
             # a group-mode tensor has one "sequence": its stride only needs to be a valid one
             batch = max(row * rows, head * problem.nhead_k) if group else params[f"{name}_batch_stride"] * itemsize
             dims = (hdim, max(rows, 1), problem.nhead_k, 1 if group else problem.batch)
-            strides = (row, head, batch)
+            strides, box_rows = (row, head, batch), block_k
         address = params[name]
         if address % 16 or any(s % 16 or not 0 < s < TMA_MAX_STRIDE for s in strides) or not dims[3]:
             raise ValueError(f"{name.upper()} at {address:#x}, dims {dims}, strides {strides} bytes: TMA needs "
                              "16-byte multiples and a non-empty tensor")
-        found.append(TensorGeometry(address, dims, strides, (TMA_BOX_BYTES // itemsize, block_k, 1, 1)))
+        found.append(TensorGeometry(address, dims, strides, (TMA_BOX_BYTES // itemsize, box_rows, 1, 1)))
     return found[0], found[1]
 
 

@@ -99,6 +99,12 @@ def test_tma_geometry_of_group_mode_and_paged_layouts():
         params, inputs = _packed(paged)
         k, _ = kv_geometry(paged, params, 128, inputs.k.shape[0])
         assert k.dims == (128, 256, 2, inputs.k.shape[0]) and k.strides == (row, head, 2 * 256 * 128 * 2), layout
+        assert k.box == (64, 128, 1, 1), layout   # a page of whole tiles: a box is a tile's column
+    small = Problem(family="paged", page_table="vllm", page_size=32, batch=2, seqlen_q=4, seqlen_k=700, nhead_q=8,
+                    nhead_k=2)
+    params, inputs = _packed(small)
+    k, _ = kv_geometry(small, params, 128, inputs.k.shape[0])
+    assert k.dims == (128, 32, 2, inputs.k.shape[0]) and k.box == (64, 32, 1, 1)   # a box per page of a tile
 
 
 def test_tma_geometry_refuses_strides_the_copies_cannot_address():

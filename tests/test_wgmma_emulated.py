@@ -199,19 +199,27 @@ def test_running_max_growing_past_the_slack_rescales_o(emulate, problem):
      False),                                                              # a tile's part of a page
     (paged(dtype="bf16", hdim_q=256, page_size=64, page_table="vllm", kv_layout="hnd", seqlen_k=[300, 70, 129],
            sink=True), False),                                            # 64-key tiles
+    (paged(dtype="fp16", hdim_q=128, page_size=16, page_table="vllm", kv_layout="nhd", seqlen_k=[300, 5, 129]),
+     False),                                                              # a box per page: 8 parts per tile
+    (paged(dtype="bf16", hdim_q=256, page_size=32, page_table="sglang", kv_layout="hnd", seqlen_k=[300, 70, 129],
+           sink=True), True),                                             # 64-key tiles of two pages
+    (paged(dtype="fp16", hdim_q=64, page_size=64, page_table="vllm", kv_layout="hnd", seqlen_k=[400, 3, 200]),
+     False),                                                              # 128-key tiles of two pages
     (paged(dtype="fp16", hdim_q=64, page_size=256, page_table="vllm", kv_layout="nhd", seqlen_k=[600, 3, 300]),
      True),
 ], ids=lambda x: x.name() if isinstance(x, Problem) else ("early" if x else "late"))
 def test_tma_tiles_match_reference(emulate, problem, early_copies):
     """The producer's tensor copies (box coordinates of sequence or page, KV head and row; one box
-    per 128-byte column, swizzled; the mbarrier's byte count) beside its cp.async for partial
-    tiles (paged: rows located on the spot, the NaN page -1 never read)."""
+    per 128-byte column and page part, issued by the lanes of one warp after lane 0 made the
+    mbarrier expect the tile's bytes) beside its cp.async for partial tiles (paged: rows located
+    on the spot, the NaN page -1 never read)."""
     tag = next(tag for tag, _ in wgmma_candidates(problem, "sm_90a") if tag.endswith("-tma"))
     _assert_matches(problem, emulate(problem, tag=tag, early_copies=early_copies))
 
 
 @pytest.mark.parametrize("fields,reason", [
-    (dict(page_size=16, page_table="vllm"), "page size 16"),
+    (dict(page_size=8, page_table="vllm"), "page size 8"),
+    (dict(page_size=48, page_table="vllm"), "page size 48"),
     (dict(page_size=192, page_table="vllm"), "page size 192"),
     (dict(page_size=128, page_table="headwise"), "one page table"),
 ], ids=lambda x: str(x))
