@@ -151,9 +151,9 @@ constexpr int kLoaderThreads = kWarpSpecialized ? kProducerThreads : kThreads;
 #endif
 constexpr int kStages = FMHA_KV_STAGES;
 static_assert(kStages == 2 || (kWarpSpecialized && kStages == 3), "K/V stages: 2, or 3 when warp-specialised");
-/* FMHA_KV_TMA 1: the producer copies whole K/V tiles with the tensor memory accelerator (its
-   threads issue a box each per 128-byte column of the tile, paged: per page of it, and the
-   mbarrier counts their bytes) instead of its 128 threads' cp.async chunks; a sequence's
+/* FMHA_KV_TMA 1: the producer copies whole K/V tiles with the tensor memory accelerator (a
+   thread issues a box per 128-byte column of the tile, paged: per page of it, spread over its
+   warps, and the mbarrier counts their bytes) instead of its 128 threads' cp.async chunks; a sequence's
    last partial tile still takes cp.async, whose zero fill stops at the sequence's end (a box's
    stops only at the tensor's), paged through rows located on the spot (no row table). The launch
    passes the driver's tensor maps of K and V (FmhaTmaArgs). */
@@ -219,7 +219,7 @@ static_assert(!kWarpSpecialized || !kFp8, "warp specialisation: 16-bit instances
 static_assert(!kKvTma || (kWarpSpecialized && !kPersistent), "FMHA_KV_TMA: warp-specialised grid instances");
 /* K's and V's tensor maps (kernels_wgmma.kv_geometry), 128-byte swizzle: dense dims (head dim,
    rows, KV heads, sequences), boxes of 128 bytes x BLOCK_K rows; paged dims (head dim, page rows,
-   KV heads, pages), boxes of 128 bytes x min(page size, BLOCK_K) rows (TmaBox). */
+   KV heads, pages), boxes of 128 bytes x min(page size, BLOCK_K) rows (TmaPart). */
 struct KvTensorMaps {
     TensorMap k, v;
 };
@@ -503,70 +503,61 @@ struct VTransposer {
 
 /* FMHA_KV_TMA: a whole K or V tile is a grid of boxes, 128-byte columns x parts of box_rows rows
    (dense: one part of BLOCK_K rows; paged: one per page, box_rows = min(page size, BLOCK_K), pages
-   of 16-row multiples so a part starts on a 1024-byte swizzle atom). Each producer thread copies at
-   most one box (part, column) of a tile, of K and of V, and a tile's boxes are spread evenly over
-   the four producer warps: a TMA instruction's operands are uniform registers, so a warp's lanes
-   issue theirs one after another (one thread issuing a page-16 tile's 16 boxes ran at 59% of
-   cp.async, H100 s13). A box starts at its part's first key j (map row: j's row in its page, or
-   the sequence's first row + j); its outer coordinate (sequence, or page id: loaded tiles ahead, as
-   a page-table load waits behind the K/V traffic) is tma_outer's, < 0 where the thread copies
-   nothing; the rest is tma_box's. */
+   of 16-row multiples so a part starts on a 1024-byte swizzle atom). A part's boxes (every column)
+   are one producer thread's, and part p is thread (p % 4) 32 + p / 4's: a TMA instruction's
+   operands are uniform registers, so one warp's lanes issue theirs one after another, and a page-16
+   tile's 8 parts are spread over the four warps (one thread issuing all 16 of its boxes ran at 59%
+   of cp.async, H100 s13; a box per thread with a dense tile's two columns on two warps was 1% slower
+   than one thread issuing both, s14). A part starts at key j (map row: j's row in its page, or the
+   sequence's first row + j); its outer coordinate is the sequence, or the page id (tma_page's,
+   loaded tiles ahead, as a page-table load waits behind the K/V traffic); the rest is tma_part's. */
 constexpr int kMaxParts = kBK / 16;
-struct TmaBoxIndex {
-    int part, column;
-};
+static_assert(!kKvTma || kProducerThreads == 128, "TMA: parts spread over four producer warps");
 
-/* Lanes 0 .. 7 of each warp: box 4 lane + i, i chosen so that part + column = warp (mod 4). */
-FMHA_DEVICE TmaBoxIndex tma_box_index()
-{
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, column = 4 * lane / kMaxParts;
-    return {(4 * lane + ((warp - column) & 3)) % kMaxParts, column};
-}
+FMHA_DEVICE int tma_part_index() { return threadIdx.x % 32 * 4 + threadIdx.x / 32; }
 
 FMHA_DEVICE int tma_box_rows(const FmhaParams& p) { return kPaged ? imin(p.page_size, kBK) : kBK; }
 
-FMHA_DEVICE int tma_outer(const FmhaParams& p, const KvSequence& kv, int b, int j0)
+/* Paged: the page id of this thread's part of the tile from key j0 (-1: no part, or past the tile
+   or the keys). */
+FMHA_DEVICE int tma_page(const FmhaParams& p, const KvSequence& kv, int j0)
 {
-    const TmaBoxIndex box = tma_box_index();
-    const int j = j0 + box.part * tma_box_rows(p);
-    if (box.column >= 4 || j >= imin(j0 + kBK, kv.length)) return -1;   /* no box, or past the tile or the keys */
-    if constexpr (kPaged)
-        return kv.pages[j / p.page_size];
-    else
-        return p.group_mode ? 0 : b;
+    const int part = tma_part_index(), j = j0 + part * tma_box_rows(p);
+    if (part >= kMaxParts || j >= imin(j0 + kBK, kv.length)) return -1;
+    return kv.pages[j / p.page_size];
 }
 
-/* This thread's box of a whole K or V tile from key j0 (`outer`: its tma_outer), worked out before
-   the producer waits for the stage: the copy should start as soon as the stage is free (a page
-   size's modulo there cost 3.5% at pages of two tiles, H100 s14). bytes 0: no box. */
-struct TmaBox {
-    int offset, column, row, outer, bytes;   /* offset: in the stage's tile */
+/* This thread's part of a whole K or V tile from key j0 (`outer`: sequence or page id, < 0: none),
+   worked out before the producer waits for the stage: the copy should start as soon as the stage
+   is free (a page size's modulo there cost 3.5% at pages of two tiles, H100 s14). box_bytes 0: no
+   part. */
+struct TmaPart {
+    int offset, row, outer, box_bytes;   /* offset: of its column-0 box in the stage's tile */
 };
 
-template <class Copier>
-FMHA_DEVICE TmaBox tma_box(const Copier&, const FmhaParams& p, const KvSequence& kv, int j0, int outer)
+FMHA_DEVICE TmaPart tma_part(const FmhaParams& p, const KvSequence& kv, int j0, int outer)
 {
-    constexpr int kColumns = Copier::kChunks / 8;
-    static_assert(kColumns <= 4 && kMaxParts % 4 == 0 && kProducerThreads == 128, "TMA: a box per producer thread");
-    const TmaBoxIndex index = tma_box_index();
-    if (index.column >= kColumns || outer < 0) return {0, 0, 0, 0, 0};
+    if (outer < 0) return {0, 0, 0, 0};
     const int box_rows = tma_box_rows(p);
     /* paged: a part is a whole page (rows from 0) or a tile's rows of one page */
     const int row = kPaged ? (p.page_size > kBK ? j0 % p.page_size : 0) : kv.first_row + j0;
-    return {index.column * kBK * 128 + index.part * box_rows * 128, index.column * kChunkValues * 8, row, outer,
-            box_rows * 128};
+    return {kPaged ? tma_part_index() * box_rows * 128 : 0, row, outer, box_rows * 128};
 }
 
-/* A thread with a box adds its bytes to `full`'s phase as it arrives, then issues it; the others
-   only arrive (the phase completes once every producer thread arrived and every box landed). */
-FMHA_DEVICE void tma_tile(unsigned char* tile, const TensorMap* map, const TmaBox& box, int hk, MBarrier& full)
+/* A thread with a part adds its boxes' bytes to `full`'s phase as it arrives, then issues them; the
+   others only arrive (the phase completes once every producer thread arrived and every box landed). */
+template <class Copier>
+FMHA_DEVICE void tma_tile(const Copier&, unsigned char* tile, const TensorMap* map, const TmaPart& part, int hk,
+                          MBarrier& full)
 {
-    if (box.bytes == 0) {
+    constexpr int kColumns = Copier::kChunks / 8;
+    if (part.box_bytes == 0) {
         mbarrier_arrive(&full);
         return;
     }
-    mbarrier_arrive_expect_tx(&full, box.bytes);
-    tma_load_4d(tile + box.offset, map, box.column, box.row, hk, box.outer, &full);
+    mbarrier_arrive_expect_tx(&full, kColumns * part.box_bytes);
+    for (int c = 0; c < kColumns; ++c)
+        tma_load_4d(tile + c * kBK * 128 + part.offset, map, c * kChunkValues * 8, part.row, hk, part.outer, &full);
 }
 
 /* FMHA_KV_TMA, paged: the last, partial tile by cp.async, each row located as it is copied (few
@@ -672,16 +663,24 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
             if (queries > 0) mbarrier_wait(&pipe.q_empty, (queries - 1) & 1);
             load_tile_async<kBQ, kDq>(sq, (const InT*)p.q, QueryRows{p, b, hk, group, q_first, rows, m0});
             mbarrier_arrive_after_copies(&pipe.q);
+            /* FMHA_KV_TMA: whether this thread works out a part's coordinates (dense: thread 0 only;
+               paged: the warps with parts, warp-uniform as part p is in warp p % 4); the others only
+               arrive (with every producer warp working them out, dense hdim 128 ran 1.8% slower,
+               H100 s14) */
+            const bool part_thread =
+                kKvTma && (kPaged ? (int)threadIdx.x / 32 < kBK / tma_box_rows(p) : threadIdx.x == 0);
             /* the block's n-th tile into stage n % kStages once its (n / kStages - 1)-th tile there was
-               released; `map`, `outer`: its tensor map and this lane's box (FMHA_KV_TMA) */
+               released; `map`, `page`: its tensor map and, paged, this thread's part's page id
+               (FMHA_KV_TMA) */
             auto produce = [&](const auto& copier, const i64* offsets, unsigned char* stage_tile, int t,
-                               MBarrier& empty, MBarrier& full, const TensorMap* map, int outer, i64 page_stride,
+                               MBarrier& empty, MBarrier& full, const TensorMap* map, int page, i64 page_stride,
                                i64 row_stride) {
                 const int use = stage_use(n0 + t), j0 = tiles.first_key(t);
                 if (kKvTma && j0 + kBK <= kv.length) {
-                    const TmaBox box = tma_box(copier, p, kv, j0, outer);
+                    TmaPart part = {0, 0, 0, 0};
+                    if (part_thread) part = tma_part(p, kv, j0, kPaged ? page : (p.group_mode ? 0 : b));
                     if (use > 0) mbarrier_wait(&empty, (use - 1) & 1);
-                    tma_tile(stage_tile, map, box, hk, full);
+                    tma_tile(copier, stage_tile, map, part, hk, full);
                     return;
                 }
                 if constexpr (kRowTable) {
@@ -701,24 +700,26 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
                S being waited for before P V, and S_{t+1} needs it first): paged prefill +1.2%; dense
                lost 1% (hdim 128) and 4.5% (hdim 64) with it, so it keeps K_t then V_t (H100, s8). */
             constexpr int kAhead = kPaged ? 1 : 0;
-            /* FMHA_KV_TMA: this lane's box outer coordinates of tiles t, t + 1, t + 2 (page ids loaded
-               two steps before use) */
-            auto outer_of = [&](int t) { return kKvTma && t < tiles.count ? tma_outer(p, kv, b, tiles.first_key(t)) : -1; };
-            int outer_t = outer_of(0), outer_t1 = outer_of(1), outer_t2 = outer_of(2);
-            auto produce_k = [&](int t, int outer) {
+            /* FMHA_KV_TMA, paged: this thread's part's page ids of tiles t, t + 1, t + 2 (loaded two
+               steps before use) */
+            auto page_of = [&](int t) {
+                return kKvTma && kPaged && part_thread && t < tiles.count ? tma_page(p, kv, tiles.first_key(t)) : -1;
+            };
+            int page_t = page_of(0), page_t1 = page_of(1), page_t2 = page_of(2);
+            auto produce_k = [&](int t, int page) {
                 const int stage = stage_of(n0 + t);
                 produce(k_copier, k_offsets(row_table, t), sk + stage * kKBytes, t, pipe.empty_k[stage], pipe.full_k[stage],
-                        kKvTma ? &maps->k : nullptr, outer, p.k_page_stride, p.k_row_stride);
+                        kKvTma ? &maps->k : nullptr, page, p.k_page_stride, p.k_row_stride);
             };
-            if (kAhead > 0) produce_k(0, outer_t);
+            if (kAhead > 0) produce_k(0, page_t);
             for (int t = 0; t < tiles.count; ++t) {
                 const int stage = stage_of(n0 + t);
-                if (t + kAhead < tiles.count) produce_k(t + kAhead, kAhead > 0 ? outer_t1 : outer_t);
+                if (t + kAhead < tiles.count) produce_k(t + kAhead, kAhead > 0 ? page_t1 : page_t);
                 produce(v_copier, v_offsets(row_table, t), sv + stage * kVBytes, t, pipe.empty_v[stage], pipe.full_v[stage],
-                        kKvTma ? &maps->v : nullptr, outer_t, p.v_page_stride, p.v_row_stride);
-                outer_t = outer_t1;
-                outer_t1 = outer_t2;
-                outer_t2 = outer_of(t + 3);
+                        kKvTma ? &maps->v : nullptr, page_t, p.v_page_stride, p.v_row_stride);
+                page_t = page_t1;
+                page_t1 = page_t2;
+                page_t2 = page_of(t + 3);
                 if constexpr (kRowTable) {   /* tile t's slot: K_t and V_t issued (the last: the next item may refill) */
                     named_barrier_sync(kLoaderBarrier, kProducerThreads);
                     store_rows(t + 3);
