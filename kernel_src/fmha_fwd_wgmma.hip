@@ -509,8 +509,8 @@ struct VTransposer {
    tile's 8 parts are spread over the four warps (one thread issuing all 16 of its boxes ran at 59%
    of cp.async, H100 s13; a box per thread with a dense tile's two columns on two warps was 1% slower
    than one thread issuing both, s14). A part starts at key j (map row: j's row in its page, or the
-   sequence's first row + j); its outer coordinate is the sequence, or the page id (tma_page's,
-   loaded tiles ahead, as a page-table load waits behind the K/V traffic); the rest is tma_part's. */
+   sequence's first row + j); its outer coordinate is the sequence (dense: thread 0's one part), or
+   the page id (tma_page's, loaded tiles ahead, as a page-table load waits behind the K/V traffic). */
 constexpr int kMaxParts = kBK / 16;
 static_assert(!kKvTma || kProducerThreads == 128, "TMA: parts spread over four producer warps");
 
@@ -527,21 +527,21 @@ FMHA_DEVICE int tma_page(const FmhaParams& p, const KvSequence& kv, int j0)
     return kv.pages[j / p.page_size];
 }
 
-/* This thread's part of a whole K or V tile from key j0 (`outer`: sequence or page id, < 0: none),
-   worked out before the producer waits for the stage: the copy should start as soon as the stage
-   is free (a page size's modulo there cost 3.5% at pages of two tiles, H100 s14). box_bytes 0: no
-   part. */
+/* A part of a whole K or V tile: where its boxes start (outer: sequence or page id); box_bytes 0:
+   no part. Paged, tma_part works out this thread's part of the tile from key j0 (`page`: its
+   tma_page) before the producer waits for the stage: the copy should start as soon as the stage is
+   free (a page size's modulo there cost 3.5% at pages of two tiles, H100 s14). */
 struct TmaPart {
     int offset, row, outer, box_bytes;   /* offset: of its column-0 box in the stage's tile */
 };
 
-FMHA_DEVICE TmaPart tma_part(const FmhaParams& p, const KvSequence& kv, int j0, int outer)
+FMHA_DEVICE TmaPart tma_part(const FmhaParams& p, int j0, int page)
 {
-    if (outer < 0) return {0, 0, 0, 0};
+    if (page < 0) return {0, 0, 0, 0};
     const int box_rows = tma_box_rows(p);
-    /* paged: a part is a whole page (rows from 0) or a tile's rows of one page */
-    const int row = kPaged ? (p.page_size > kBK ? j0 % p.page_size : 0) : kv.first_row + j0;
-    return {kPaged ? tma_part_index() * box_rows * 128 : 0, row, outer, box_rows * 128};
+    /* a part is a whole page (rows from 0) or a tile's rows of one page */
+    const int row = p.page_size > kBK ? j0 % p.page_size : 0;
+    return {tma_part_index() * box_rows * 128, row, page, box_rows * 128};
 }
 
 /* A thread with a part adds its boxes' bytes to `full`'s phase as it arrives, then issues them; the
@@ -551,13 +551,17 @@ FMHA_DEVICE void tma_tile(const Copier&, unsigned char* tile, const TensorMap* m
                           MBarrier& full)
 {
     constexpr int kColumns = Copier::kChunks / 8;
-    if (part.box_bytes == 0) {
+    /* dense: the test and sizes in constants, as thread 0 alone has a part: with them read from the
+       part the compiler moved its coordinates into uniform registers box by box (hdim 256 -2.7%, H100
+       s14) */
+    if (kPaged ? part.box_bytes == 0 : threadIdx.x != 0) {
         mbarrier_arrive(&full);
         return;
     }
-    mbarrier_arrive_expect_tx(&full, kColumns * part.box_bytes);
+    mbarrier_arrive_expect_tx(&full, kColumns * (kPaged ? part.box_bytes : kBK * 128));
     for (int c = 0; c < kColumns; ++c)
-        tma_load_4d(tile + c * kBK * 128 + part.offset, map, c * kChunkValues * 8, part.row, hk, part.outer, &full);
+        tma_load_4d(tile + c * kBK * 128 + (kPaged ? part.offset : 0), map, c * kChunkValues * 8, part.row, hk,
+                    part.outer, &full);
 }
 
 /* FMHA_KV_TMA, paged: the last, partial tile by cp.async, each row located as it is copied (few
@@ -663,12 +667,10 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
             if (queries > 0) mbarrier_wait(&pipe.q_empty, (queries - 1) & 1);
             load_tile_async<kBQ, kDq>(sq, (const InT*)p.q, QueryRows{p, b, hk, group, q_first, rows, m0});
             mbarrier_arrive_after_copies(&pipe.q);
-            /* FMHA_KV_TMA: whether this thread works out a part's coordinates (dense: thread 0 only;
-               paged: the warps with parts, warp-uniform as part p is in warp p % 4); the others only
-               arrive (with every producer warp working them out, dense hdim 128 ran 1.8% slower,
-               H100 s14) */
-            const bool part_thread =
-                kKvTma && (kPaged ? (int)threadIdx.x / 32 < kBK / tma_box_rows(p) : threadIdx.x == 0);
+            /* FMHA_KV_TMA, paged: whether this thread's warp has parts (warp-uniform: part p is in warp
+               p % 4); the others only arrive, without working out coordinates (with every producer
+               warp working them out, dense hdim 128 ran 1.8% slower, H100 s14) */
+            const bool part_thread = kKvTma && kPaged && (int)threadIdx.x / 32 < kBK / tma_box_rows(p);
             /* the block's n-th tile into stage n % kStages once its (n / kStages - 1)-th tile there was
                released; `map`, `page`: its tensor map and, paged, this thread's part's page id
                (FMHA_KV_TMA) */
@@ -677,10 +679,17 @@ FMHA_DEVICE void attention(const FmhaParams& p, const WorkItem& item, int q_firs
                                i64 row_stride) {
                 const int use = stage_use(n0 + t), j0 = tiles.first_key(t);
                 if (kKvTma && j0 + kBK <= kv.length) {
-                    TmaPart part = {0, 0, 0, 0};
-                    if (part_thread) part = tma_part(p, kv, j0, kPaged ? page : (p.group_mode ? 0 : b));
-                    if (use > 0) mbarrier_wait(&empty, (use - 1) & 1);
-                    tma_tile(copier, stage_tile, map, part, hk, full);
+                    if constexpr (kPaged) {
+                        TmaPart part = {0, 0, 0, 0};
+                        if (part_thread) part = tma_part(p, j0, page);
+                        if (use > 0) mbarrier_wait(&empty, (use - 1) & 1);
+                        tma_tile(copier, stage_tile, map, part, hk, full);
+                    } else {   /* dense: thread 0's one part */
+                        TmaPart part;
+                        if (threadIdx.x == 0) part = {0, kv.first_row + j0, p.group_mode ? 0 : b, kBK * 128};
+                        if (use > 0) mbarrier_wait(&empty, (use - 1) & 1);
+                        tma_tile(copier, stage_tile, map, part, hk, full);
+                    }
                     return;
                 }
                 if constexpr (kRowTable) {
