@@ -116,8 +116,8 @@ def test_instances_for_adds_the_split_instances_and_one_combine_per_arch():
     specs = instances_for(problems, ["gfx942", "sm_90a"])
     kinds = [(s.entry, dict(s.defines).get("FMHA_SPLIT_KV"), s.arch) for s in specs]
     assert kinds == [("fmha_fwd", "1", "gfx942"), ("fmha_combine", None, "gfx942"),
-                     ("fmha_fwd_wgmma", "1", "sm_90a"), ("fmha_fwd_wgmma", "1", "sm_90a"),
-                     ("fmha_fwd_wgmma", "1", "sm_90a"), ("fmha_fwd", "1", "sm_90a"), ("fmha_combine", None, "sm_90a")]
+                     *[("fmha_fwd_wgmma", "1", "sm_90a")] * 4,   # TMA ws, cp.async ws, all-threads, decode tile
+                     ("fmha_fwd", "1", "sm_90a"), ("fmha_combine", None, "sm_90a")]
 
 
 def test_decode_like_points_take_each_family_s_smallest_row_tile_first_wgmma_ahead():
@@ -140,8 +140,9 @@ def test_decode_tiles_that_would_leave_most_block_slots_empty_go_after_the_defau
     def decode(batch):
         return Problem(family="paged", page_size=64, batch=batch, seqlen_q=1, seqlen_k=32768, nhead_q=32, nhead_k=8,
                        hdim_q=128, mask="b")
-    assert [tag for tag, _ in candidates(decode(16), "sm_90a")][:3] == ["wgmma-q128k128ws", "wgmma-q128k128", "wgmma-q64k64b2"]
-    assert [tag for tag, _ in candidates(decode(64), "sm_90a")][:2] == ["wgmma-q64k64b2", "wgmma-q128k128ws"]
+    assert [tag for tag, _ in candidates(decode(16), "sm_90a")][:4] == ["wgmma-q128k128ws-tma", "wgmma-q128k128ws",
+                                                                        "wgmma-q128k128", "wgmma-q64k64b2"]
+    assert [tag for tag, _ in candidates(decode(64), "sm_90a")][:2] == ["wgmma-q64k64b2", "wgmma-q128k128ws-tma"]
 
 
 def test_paged_mma_tiles_count_their_row_table_in_the_shared_memory_fit(monkeypatch):

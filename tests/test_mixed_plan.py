@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from test_fmha_provider import RecordingBackend, no_compiler  # noqa: F401 (a fixture)
 
 from fmha_bench.kernel_params import FmhaParams, unpack
-from fmha_bench.kernels import MERGE_ITEMS_ENTRY, kernel_args
+from fmha_bench.kernels import MERGE_ITEMS_ENTRY, attention_problem, kernel_args
 from fmha_bench.kernels_mixed import (MIXED_ARG_POINTERS, PERSISTENT_ENTRIES, SEPARATE_TAG, merge_launch_config,
                                       mixed_args, mixed_candidates, part_args, persistent_blocks,
                                       persistent_launch_config, plan_for, separate_parts)
 from fmha_bench.dispatch import candidates
 from fmha_bench.kernels_mma import MMA_SOURCE
-from fmha_bench.kernels_wgmma import WGMMA_SOURCE
+from fmha_bench.kernels_wgmma import WGMMA_SOURCE, uses_tma
 from fmha_bench.mixed_plan import ITEM_FIELDS, L2_WINDOW_BYTES, MERGE_FIELDS, PLAN_HEADER_WORDS, make_plan
 from fmha_bench.problem import Problem
 from fmha_bench.providers.fmha import FmhaProvider
@@ -304,3 +304,18 @@ def test_separate_parts_are_grid_launches_even_where_the_dispatcher_picks_a_pers
     prefill = next(part for part in parts if part.problem.seqlens_q()[0] == 2048)
     assert candidates(prefill.problem, "sm_90a")[0][0] == "persistent-q128k128ws"
     assert prefill.tag == "wgmma-q128k128ws" and prefill.spec.entry == "fmha_fwd_wgmma"
+
+
+@pytest.mark.parametrize("page_size", [16, 128])
+def test_launches_over_fmha_params_alone_never_take_a_tma_tile(page_size):
+    """A part of `separate` and the attention after an append pass FmhaParams alone: the TMA tiles,
+    whose argument adds tensor maps, are left out even where the dispatcher puts one first."""
+    parts = separate_parts(serving([2048], [700], page_size=page_size), "sm_90a")
+    prefill = next(part for part in parts if part.problem.seqlens_q()[0] == 2048)
+    assert any(uses_tma(spec) for _, spec in candidates(prefill.problem, "sm_90a"))
+    assert not uses_tma(prefill.spec)
+    append = Problem(family="appendkv", batch=2, seqlen_q=1024, seqlen_k=4096, nhead_q=32, nhead_k=8, hdim_q=128,
+                     mask="b", page_size=page_size, rotary_dim=128)
+    assert any(uses_tma(spec) for _, spec in candidates(attention_problem(append), "sm_90a"))
+    (_, spec), _ = FmhaProvider()._select(append, "sm_90a")
+    assert not uses_tma(spec)
