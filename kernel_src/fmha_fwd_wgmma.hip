@@ -152,11 +152,11 @@ constexpr int kLoaderThreads = kWarpSpecialized ? kProducerThreads : kThreads;
 constexpr int kStages = FMHA_KV_STAGES;
 static_assert(kStages == 2 || (kWarpSpecialized && kStages == 3), "K/V stages: 2, or 3 when warp-specialised");
 /* FMHA_KV_TMA 1: the producer copies whole K/V tiles with the tensor memory accelerator (a
-   thread issues a box per 128-byte column of the tile, paged: per page of it, spread over its
-   warps, and the mbarrier counts their bytes) instead of its 128 threads' cp.async chunks; a sequence's
-   last partial tile still takes cp.async, whose zero fill stops at the sequence's end (a box's
-   stops only at the tensor's), paged through rows located on the spot (no row table). The launch
-   passes the driver's tensor maps of K and V (FmhaTmaArgs). */
+   thread issues a box per 128-byte column of the tile, paged: per page of it, the pages spread
+   over its warps, and the mbarrier counts their bytes) instead of its 128 threads' cp.async
+   chunks; a sequence's last partial tile still takes cp.async, whose zero fill stops at the
+   sequence's end (a box's stops only at the tensor's), paged through rows located on the spot (no
+   row table). The launch passes the driver's tensor maps of K and V (FmhaTmaArgs). */
 #ifndef FMHA_KV_TMA
 #define FMHA_KV_TMA 0
 #endif
