@@ -100,10 +100,10 @@ def is_persistent(tag: str) -> bool:
 
 
 def grid_candidates(found: list) -> list:
-    """The candidates that are one grid launch over FmhaParams alone (what a part of `separate` or
-    the attention after an append runs): all but the persistent ones and the TMA tiles (whose
-    launch argument adds tensor maps)."""
-    return [(tag, spec) for tag, spec in found if not is_persistent(tag) and not kernels_wgmma.uses_tma(spec)]
+    """The candidates that are one grid launch over FmhaParams (what a part of `separate` or the
+    attention after an append runs; a TMA tile's argument adds its tensor maps): all but the
+    persistent ones."""
+    return [(tag, spec) for tag, spec in found if not is_persistent(tag)]
 
 
 def candidate_instances(problem: Problem, arch: str, tag: str, spec: KernelSpec) -> list:

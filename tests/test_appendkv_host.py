@@ -13,7 +13,7 @@ from fmha_bench.kernels import (APPEND_THREADS, append_launch_config, append_wor
 from fmha_bench.problem import Problem
 from fmha_bench.providers.fmha import FmhaProvider
 from fmha_bench.session import POISON_BYTE, PointSession
-from test_fmha_provider import RecordingBackend, no_compiler  # noqa: F401 (fixture)
+from test_fmha_provider import RecordingBackend, TensorMapBackend, no_compiler  # noqa: F401 (fixture)
 
 DECODE = Problem(family="appendkv", batch=4, seqlen_q=1, seqlen_k=300, nhead_q=32, nhead_k=8, hdim_q=128, mask="b",
                  page_size=16, rotary_dim=128, rotary_style="half", dtype="bf16", lse=True)
@@ -101,7 +101,7 @@ def test_no_rope_needs_no_tables():
 
 
 # ----------------------------------------------------------------------------- the provider's launch plan
-class CopyRecordingBackend(RecordingBackend):
+class CopyRecordingBackend(TensorMapBackend):   # the attention may take a TMA tile
     def copy_to_device(self, buf, host):
         self.calls.append(("copy", buf.ptr, host.tobytes()))
 

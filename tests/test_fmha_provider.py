@@ -209,3 +209,49 @@ def test_a_tma_pick_launches_params_then_k_and_v_tensor_maps(no_compiler):
     padded = size + -size % 64
     assert len(blob) == padded + 256 and unpack(blob[:size])["k"] == k.address
     assert blob[padded:padded + 128] == b"\x01" * 128 and blob[padded + 128:] == b"\x02" * 128
+
+
+def _launch_blobs(backend, prepared) -> list:
+    backend.calls.clear()
+    prepared.launch()
+    return [call[5]._blob.raw for call in backend.calls if call[0] == "launch"]
+
+
+def _maps_follow_params(blob: bytes, k_address: int) -> bool:
+    """The blob is FmhaParams (K at k_address) padded to 64 bytes, then two 128-byte tensor maps."""
+    size = ctypes.sizeof(FmhaParams)
+    return len(blob) == size + -size % 64 + 256 and unpack(blob[:size])["k"] == k_address
+
+
+def test_separate_parts_on_a_tma_tile_launch_with_the_cache_s_tensor_maps(no_compiler):
+    """Mixed b2, page 16: both parts take the TMA tile; each launch carries its part's FmhaParams and
+    the maps of the page pool (K's geometry: hdim, page rows, KV heads, pages)."""
+    problem = Problem(family="mixed", mode="group", batch=2, seqlen_q=[2048, 1], seqlen_k=[2048, 700], nhead_q=32,
+                      nhead_k=8, hdim_q=128, dtype="bf16", mask="b", page_size=16)
+    backend = TensorMapBackend()
+    session = PointSession(backend, backend.device_info(), problem, problem.make_inputs(0))
+    prepared = FmhaProvider("separate").prepare(problem, session)
+    assert prepared.kernel.count("tma") == 2, prepared.kernel
+    k = [c for c in backend.calls if c[0] == "encode"][0][2]
+    assert k.dims == (128, 16, 8, session.inputs.k.shape[0])
+    blobs = _launch_blobs(backend, prepared)
+    assert len(blobs) == 2 and all(_maps_follow_params(blob, k.address) for blob in blobs)
+    assert [unpack(blob[:ctypes.sizeof(FmhaParams)])["batch"] for blob in blobs] == [1, 1]
+
+
+def test_the_append_and_its_tma_attention_share_one_argument_with_the_maps(no_compiler):
+    """appendkv page 16: the attention after the append takes the TMA tile; the append reads the
+    FmhaParams the shared argument starts with."""
+    problem = Problem(family="appendkv", batch=2, seqlen_q=1024, seqlen_k=4096, nhead_q=32, nhead_k=8, hdim_q=128,
+                      mask="b", page_size=16, rotary_dim=128)
+    backend = TensorMapBackend()
+    session = PointSession(backend, backend.device_info(), problem, problem.make_inputs(0))
+    prepared = FmhaProvider().prepare(problem, session)
+    assert "tma" in prepared.kernel, prepared.kernel
+    k = [c for c in backend.calls if c[0] == "encode"][0][2]
+    assert k.dims == (128, 16, 8, session.inputs.k.shape[0])
+    backend.calls.clear()
+    prepared.launch()
+    launches = [call for call in backend.calls if call[0] == "launch"]
+    assert len(launches) == 2 and launches[0][5] is launches[1][5]
+    assert _maps_follow_params(launches[0][5]._blob.raw, k.address)

@@ -299,23 +299,21 @@ def test_prefill_plans_keep_row_tiles_whole_and_run_the_heads_of_one_l2_window_a
 
 def test_separate_parts_are_grid_launches_even_where_the_dispatcher_picks_a_persistent_one():
     """A part is launched over FmhaParams on its grid: a 2k prefill part takes the warp-specialised
-    grid tile, not the persistent launch the dispatcher puts first for it."""
+    grid tile (TMA), not the persistent launch the dispatcher puts first for it."""
     parts = separate_parts(serving([2048], [700]), "sm_90a")
     prefill = next(part for part in parts if part.problem.seqlens_q()[0] == 2048)
     assert candidates(prefill.problem, "sm_90a")[0][0] == "persistent-q128k128ws"
-    assert prefill.tag == "wgmma-q128k128ws" and prefill.spec.entry == "fmha_fwd_wgmma"
+    assert prefill.tag == "wgmma-q128k128ws-tma" and prefill.spec.entry == "fmha_fwd_wgmma"
 
 
 @pytest.mark.parametrize("page_size", [16, 128])
-def test_launches_over_fmha_params_alone_never_take_a_tma_tile(page_size):
-    """A part of `separate` and the attention after an append pass FmhaParams alone: the TMA tiles,
-    whose argument adds tensor maps, are left out even where the dispatcher puts one first."""
+def test_separate_parts_and_the_attention_after_an_append_take_the_first_grid_tile_tma_included(page_size):
+    """Both are grid launches whose argument carries a TMA tile's tensor maps (providers/fmha.py):
+    the first grid candidate runs, the TMA tile where the dispatcher puts it first."""
     parts = separate_parts(serving([2048], [700], page_size=page_size), "sm_90a")
     prefill = next(part for part in parts if part.problem.seqlens_q()[0] == 2048)
-    assert any(uses_tma(spec) for _, spec in candidates(prefill.problem, "sm_90a"))
-    assert not uses_tma(prefill.spec)
+    assert uses_tma(prefill.spec) and prefill.tag == "wgmma-q128k128ws-tma"
     append = Problem(family="appendkv", batch=2, seqlen_q=1024, seqlen_k=4096, nhead_q=32, nhead_k=8, hdim_q=128,
                      mask="b", page_size=page_size, rotary_dim=128)
-    assert any(uses_tma(spec) for _, spec in candidates(attention_problem(append), "sm_90a"))
-    (_, spec), _ = FmhaProvider()._select(append, "sm_90a")
-    assert not uses_tma(spec)
+    (tag, spec), _ = FmhaProvider()._select(append, "sm_90a")
+    assert uses_tma(spec) and tag == "wgmma-q128k128ws-tma"

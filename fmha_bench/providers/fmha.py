@@ -115,7 +115,6 @@ class FmhaProvider(Provider):
         return _allow_shared(session, function, launch_config(spec, problem, num_splits))
 
     def prepare(self, problem, session) -> Prepared:
-        from ..backends.base import KernelArguments
         from ..dispatch import num_splits_for, p_precision
         from ..kernels import combine_launch_config, kernel_args, select_combine, split_workspace_bytes
         backend = session.backend
@@ -163,7 +162,6 @@ class FmhaProvider(Provider):
 
     def _prepare_append(self, problem, session, spec, name, function) -> Prepared:
         """appendkv: the append, then the attention instance `spec`, sharing one FmhaParams."""
-        from ..backends.base import KernelArguments
         from ..kernels import (append_launch_config, append_workspace_bytes, attention_problem, kernel_args,
                                select_append)
         from ..dispatch import p_precision
@@ -173,7 +171,8 @@ class FmhaProvider(Provider):
         append_grid, append_block, append_shared = append_launch_config(append_spec, problem)
         grid, block, shared = self._forward_launch(spec, function, attention_problem(problem), session)
         ptrs = {**session.ptrs(), **_poisoned_workspaces(session, append_workspace_bytes(problem))}
-        args = KernelArguments(kernel_args(problem, session.inputs, ptrs))
+        # one argument for both: the append reads its FmhaParams, which a TMA instance's argument starts with
+        args = _arguments(session, spec, attention_problem(problem), kernel_args(problem, session.inputs, ptrs))
         return _in_order(session, [(append, append_grid, append_block, append_shared, args),
                                    (function, grid, block, shared, args)], [append_name, name], p_precision(spec))
 
@@ -201,7 +200,6 @@ class FmhaProvider(Provider):
 
     def _prepare_separate(self, problem, session) -> Prepared:
         """Each part (decode-like requests, prefill requests) through its own pick, on one stream."""
-        from ..backends.base import KernelArguments
         from ..dispatch import p_precision
         from ..kernels_mixed import part_args, separate_parts
         parts = separate_parts(problem, session.device.arch)
@@ -209,8 +207,8 @@ class FmhaProvider(Provider):
         for part in parts:
             name, function = self._function(part.spec, problem, session)   # builds as the mixed point's
             config = self._forward_launch(part.spec, function, part.problem, session)
-            launches.append((function, *config, KernelArguments(part_args(problem, session.inputs, session.ptrs(),
-                                                                          part))))
+            params = part_args(problem, session.inputs, session.ptrs(), part)
+            launches.append((function, *config, _arguments(session, part.spec, part.problem, params)))
             names.append(name)
             notes.append(f"separate: requests {part.first}..{part.end - 1} via {part.tag}")
         precisions = {p_precision(part.spec) for part in parts}
