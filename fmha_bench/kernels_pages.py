@@ -97,10 +97,16 @@ def unsplit_blocks(spec: KernelSpec, problem: Problem) -> int:
 FULL_ENOUGH = 0.9
 
 
+# A smaller grid is split into at most one wave of one block per SM: a second, partial wave idles
+# SMs for its whole length. H100, same point, pages-h8k16w8s3 (64 blocks): 2.91 TB/s with 2 splits
+# (128 blocks), 2.75 with the 5 of kernels.splits_to_fill's two-wave target (320 blocks; session 15).
 def auto_splits(spec: KernelSpec, problem: Problem, num_sms: int) -> int:
-    """num_splits 0: one split when the unsplit grid nearly fills the SMs, else kernels.splits_to_fill."""
-    blocks = unsplit_blocks(spec, problem)
-    return 1 if blocks >= FULL_ENOUGH * num_sms else splits_to_fill(problem, num_sms, blocks)
+    """num_splits 0: one split when the unsplit grid nearly fills the SMs, else as many as one wave
+    holds (num_sms // blocks), within kernels.splits_to_fill's caps (keys per split, count)."""
+    blocks = max(unsplit_blocks(spec, problem), 1)
+    if blocks >= FULL_ENOUGH * num_sms:
+        return 1
+    return min(num_sms // blocks, splits_to_fill(problem, num_sms, blocks))
 
 
 def pages_launch_config(spec: KernelSpec, problem: Problem, num_splits: int = 1) -> tuple[tuple, tuple, int]:

@@ -234,9 +234,11 @@ def test_whole_page_decode_grid_and_auto_splits():
     four, eight = found["pages-h4k32w8s3"], found["pages-h8k16w8s3"]
     grid, block, shared = launch_config(four, _paged_decode(), 3)
     assert grid == (3, 2, 64) and block == (256, 1, 1) and shared == 2 * 3 * 4 * 32 * 256
-    # 128 blocks nearly fill 132 SMs: unsplit; 64 blocks of 8 heads: ceil(2 * 132 / 64) = 5 splits
+    # 128 blocks nearly fill 132 SMs: unsplit; 64 blocks of 8 heads: one wave holds 132 // 64 = 2 splits
     assert num_splits_for(_paged_decode(num_splits=0), four, 132) == 1
-    assert num_splits_for(_paged_decode(num_splits=0), eight, 132) == 5
+    assert num_splits_for(_paged_decode(num_splits=0), eight, 132) == 2
+    # 1 block (b1): one wave would hold 132 splits, 8192 keys allow 32 (>= 256 keys each)
+    assert num_splits_for(_paged_decode(num_splits=0, batch=1, seqlen_k=8192), eight, 132) == 32
     assert ("pages-h4k32w8s3" in dict(candidates(_paged_decode(num_splits=4), "sm_90a")))   # splits: partials
 
 
