@@ -177,26 +177,28 @@ def _split_off_new_tokens(p: Problem, inputs: Inputs, valid):
 
 
 def _make_tables(p: Problem, rng) -> PageTables:
-    P, B = p.page_size, p.batch
-    sk = p.seqlens_k()
-    n_pages = [-(-n // P) for n in sk]
-    max_pages = max(max(n_pages), 1)
+    P = p.page_size
+    n_pages = [-(-n // P) for n in p.seqlens_k()]
     if p.page_table == "headwise":
-        return _make_headwise_tables(p, rng, n_pages, max_pages)
+        return _make_headwise_tables(p, rng, n_pages, max(max(n_pages), 1))
     num_pages = sum(n_pages) + SPARE_PAGES
     pool = rng.permutation(num_pages).astype(np.int32)
-    pages, start = [], 0
-    for n in n_pages:
-        pages.append([int(x) for x in pool[start:start + n]])
-        start += n
+    starts = _cumsum0(n_pages)
+    pages = [[int(x) for x in pool[a:b]] for a, b in zip(starts, starts[1:])]
+    return page_tables(p, pages, num_pages)
+
+
+def page_tables(p: Problem, pages: list, num_pages: int) -> PageTables:
+    """The vllm and sglang arrays of per-sequence page lists (`pages[b]`: ids in token order)."""
+    n_pages = [len(ids) for ids in pages]
     t = PageTables(pages=pages, num_pages=num_pages)
-    t.block_table = np.full((B, max_pages), -1, dtype=np.int32)
+    t.block_table = np.full((p.batch, max(max(n_pages), 1)), -1, dtype=np.int32)
     for b, ids in enumerate(pages):
         t.block_table[b, :len(ids)] = ids
     t.kv_indptr = _cumsum0(n_pages)
-    t.kv_page_indices = np.asarray([x for ids in pages for x in ids], dtype=np.int32)
-    t.kv_last_page_len = np.asarray([n - (np_ - 1) * P if np_ else 0 for n, np_ in zip(sk, n_pages)],
-                                    dtype=np.int32)
+    t.kv_page_indices = np.concatenate([np.asarray(ids, dtype=np.int32) for ids in pages])
+    t.kv_last_page_len = np.asarray([n - (np_ - 1) * p.page_size if np_ else 0
+                                     for n, np_ in zip(p.seqlens_k(), n_pages)], dtype=np.int32)
     return t
 
 

@@ -35,6 +35,10 @@ PAGE_TABLES = {
     "headwise": "per-KV-head tables [B*Hk, max_pages] with per-head local ids; -1 = recycled (SWA)",
 }
 KV_LAYOUTS = ("hnd", "nhd")
+PAGE_ORDERS = {
+    "table": "the fmha kernels visit a sequence's pages in table order",
+    "address": "the pages every query row sees in full are visited in ascending page id (fmha_bench.page_order)",
+}
 ROTARY_STYLES = ("interleaved", "half")
 PAGED_FAMILIES = ("paged", "appendkv", "mla", "mixed")
 
@@ -53,7 +57,7 @@ class ProblemError(ValueError):
 
 INT_FIELDS = ("batch", "nhead_q", "nhead_k", "hdim_q", "hdim_v", "page_size", "num_splits", "rotary_dim",
               "swa_window", "swa_sink")
-STR_FIELDS = ("family", "mode", "dtype", "page_table", "kv_layout", "rotary_style")
+STR_FIELDS = ("family", "mode", "dtype", "page_table", "kv_layout", "rotary_style", "page_order")
 
 
 def _show(value) -> str:
@@ -160,6 +164,7 @@ class Problem:
     num_splits: int = 1                         # 0: chosen by a heuristic
     rotary_dim: int = 0
     rotary_style: str = "interleaved"
+    page_order: str = "table"                   # the fmha provider's page visit plan (PAGE_ORDERS)
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -246,6 +251,12 @@ class Problem:
         need(self.page_table in PAGE_TABLES, "page_table", f"unknown page table {_show(self.page_table)}; one of {', '.join(PAGE_TABLES)}")
         need(0 <= self.page_size <= MAX_SEQLEN, "page_size", f"must be in 0..{MAX_SEQLEN}, got {_show(self.page_size)}")
         need(self.rotary_style in ROTARY_STYLES, "rotary_style", f"one of {', '.join(ROTARY_STYLES)}")
+        need(self.page_order in PAGE_ORDERS, "page_order", f"one of {', '.join(PAGE_ORDERS)}")
+        if self.page_order != "table":
+            need(self.family in ("paged", "mla"), "page_order",
+                 f"address order is planned for families paged and mla, not {self.family}")
+            need(self.page_table in ("vllm", "sglang"), "page_order",
+                 "address order needs a vllm or sglang table (headwise tables are per KV head)")
 
         if self.family in PAGED_FAMILIES:
             need(self.page_size >= 1, "page_size", f"family {self.family} needs a paged cache (page_size >= 1)")
@@ -360,6 +371,8 @@ class Problem:
             parts.append(f"m:{self.mask}")
         if self.is_paged:
             parts.append(f"p{self.page_size}:{self.page_table}")
+        if self.page_order != "table":
+            parts.append(f"order:{self.page_order}")
         if self.swa_heads:
             parts.append(f"swa{len(self.swa_heads)}w{self.swa_window}s{self.swa_sink}")
         if self.num_splits != 1:

@@ -64,7 +64,7 @@ from . import binary_spec, dtypes, yaml_lines
 from .binary_spec import BinarySpec
 from .errors import UserError
 from .masks import MaskError, parse_mask
-from .problem import (FAMILIES, KV_LAYOUTS, MODES, PAGE_TABLES, PROBLEM_FIELDS, ROTARY_STYLES, Problem, ProblemError,
+from .problem import (FAMILIES, KV_LAYOUTS, MODES, PAGE_ORDERS, PAGE_TABLES, PROBLEM_FIELDS, ROTARY_STYLES, Problem, ProblemError,
                       normalise_field)
 from .timing import GRAPH_MODES, MeasureSettings
 from .yaml_lines import LineDict, LineList
@@ -78,7 +78,7 @@ PACKAGED_DEFAULT = "quick"
 
 _FIELD_TYPES = typing.get_type_hints(Problem)
 _CHOICES = {"family": FAMILIES, "mode": MODES, "dtype": dtypes.DTYPES, "page_table": PAGE_TABLES,
-            "kv_layout": KV_LAYOUTS, "rotary_style": ROTARY_STYLES}
+            "kv_layout": KV_LAYOUTS, "rotary_style": ROTARY_STYLES, "page_order": PAGE_ORDERS}
 _TRUNCATED_MASK = re.compile(r"^(?:[tb]|window):-?\d+$")
 _LIST_OF_FIELDS = "a list of mappings of problem fields"
 

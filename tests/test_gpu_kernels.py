@@ -4,6 +4,7 @@ Every case is validated in full (every output row) with outputs poisoned before 
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -138,6 +139,30 @@ def test_decode_over_pages_of_several_kv_heads(gpu, problem):
     """Decode shapes the whole-page kernel takes (<= 16 rows per KV head): page 1 and partial pages,
     both layouts and tables, speculative queries under windows, idle head slots (6 KV heads)."""
     _check(gpu, problem)
+
+
+def _check_address_order(gpu, problem):
+    """The row ran over the visit plan's table, which moved some of the shuffled pages."""
+    row = _check(gpu, problem)
+    note = next(n for n in row.notes if n.startswith("page order address: "))
+    assert int(note.split(": ")[1].split(" of ")[0]) > 0, note
+    return row
+
+
+@pytest.mark.parametrize("problem", [
+    Problem(family="paged", batch=8, seqlen_q=1, seqlen_k=3001, nhead_q=32, nhead_k=8, hdim_q=128, mask="b",
+            page_size=1, lse=True),
+    Problem(family="paged", batch=4, seqlen_q=4, seqlen_k=2000, nhead_q=32, nhead_k=8, hdim_q=128, mask="b",
+            page_size=16, page_table="sglang", dtype="bf16", num_splits=0, lse=True),
+    Problem(family="paged", mode="group", batch=3, seqlen_q=[3, 1, 2], seqlen_k=[900, 40, 1500], nhead_q=8,
+            nhead_k=2, hdim_q=64, mask="b:255,0,16", page_size=8, kv_layout="nhd", lse=True),
+    Problem(family="paged", batch=2, seqlen_q=300, seqlen_k=2100, nhead_q=16, nhead_k=4, hdim_q=128, mask="b",
+            page_size=16, dtype="bf16", lse=True),
+], ids=lambda p: p.name())
+def test_address_page_order_matches_reference(gpu, problem):
+    """page_order address: decode at page 1, speculative rows with auto splits over an sglang
+    table, a window with a sink, and a prefill chunk over a cached prefix."""
+    _check_address_order(gpu, dataclasses.replace(problem, page_order="address"))
 
 
 def test_headwise_tables_never_read_recycled_blocks(gpu):

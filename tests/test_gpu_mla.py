@@ -13,7 +13,7 @@ from gpu_support import open_gpu
 
 from fmha_bench.kernels_mla import TILES, WGMMA_TAG, tile_tag
 from fmha_bench.problem import Problem
-from test_gpu_kernels import _check
+from test_gpu_kernels import _check, _check_address_order
 
 pytestmark = pytest.mark.gpu
 
@@ -69,6 +69,12 @@ def test_cache_dtypes(gpu, dtype, nhead_q):
 ], ids=lambda p: p.name())
 def test_windows_sinks_soft_cap_empty_sequences_and_the_target_shape(gpu, problem):
     _check(gpu, problem)
+
+
+@pytest.mark.parametrize("page_size", [1, 64])
+def test_address_page_order(gpu, page_size):
+    _check_address_order(gpu, mla(batch=4, seqlen_q=2, seqlen_k=3000, nhead_q=64, page_size=page_size,
+                                  page_order="address"))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import click
 from .. import dtypes
 from ..errors import UserError
 from ..masks import parse_mask
-from ..problem import FAMILIES, KV_LAYOUTS, MODES, PAGE_TABLES
+from ..problem import FAMILIES, KV_LAYOUTS, MODES, PAGE_ORDERS, PAGE_TABLES
 from ..sweep import load_sweep, packaged_sweeps
 
 KV_LAYOUT_SHAPES = {"hnd": "cache [num_pages, Hk, page_size, D] (heads first)",
@@ -61,6 +61,10 @@ def _layouts(console):
     table = _table("kv_layout", "layout")
     for name in KV_LAYOUTS:
         _row(table, name, KV_LAYOUT_SHAPES[name])
+    console.print(table)
+    table = _table("page_order", "visit plan")
+    for name, text in PAGE_ORDERS.items():
+        _row(table, name, text)
     console.print(table)
 
 
@@ -148,7 +152,7 @@ def _table(*headers):
 @click.argument("what", type=click.Choice(tuple(SECTIONS) + ("all",)), default="all", required=False)
 def list_(what):
     """Show what sweeps and flags can name: families, masks (with pictures), dtypes, layouts
-    (page tables and KV cache layouts), archs, providers and the packaged sweeps."""
+    (page tables, KV cache layouts, page orders), archs, providers and the packaged sweeps."""
     from ..report import make_console
     console = make_console()
     for name, show in SECTIONS.items():

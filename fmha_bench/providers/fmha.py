@@ -11,10 +11,14 @@ values to the same slots, so repeated launches leave the cache as the first one 
 first puts the cache back as the inputs made it (new slots NaN) and poisons the rotated-Q
 workspace, so the validated launch shows what this provider's append wrote, not what an earlier
 provider of the point (--all-instances) left there.
+
+A page_order address point reads its page table from a workspace holding the visit plan
+(fmha_bench/page_order.py), built and uploaded by prepare(); the row's notes say what it changed.
 """
 from __future__ import annotations
 
 import fnmatch
+import time
 
 import numpy as np
 
@@ -131,10 +135,10 @@ class FmhaProvider(Provider):
         if problem.family == "appendkv":
             return self._prepare_append(problem, session, spec, name, function)
         num_splits = num_splits_for(problem, spec, session.device.sm_count)
-        notes = [] if problem.num_splits == 1 else \
-            [f"num_splits {num_splits} ({'auto' if problem.num_splits == 0 else 'given'})"]
+        ptrs, notes = _pointers(session, problem)
+        if problem.num_splits != 1:
+            notes.append(f"num_splits {num_splits} ({'auto' if problem.num_splits == 0 else 'given'})")
         grid, block, shared = self._forward_launch(spec, function, problem, session, num_splits)
-        ptrs = session.ptrs()
         if num_splits == 1:
             args = _arguments(session, spec, problem, kernel_args(problem, session.inputs, ptrs))
 
@@ -188,7 +192,8 @@ class FmhaProvider(Provider):
         name, function = self._function(spec, problem, session)
         grid, block, shared = _allow_shared(session, function, persistent_launch_config(spec, arch, sms))
         plan = plan_for(problem, spec, arch, sms)
-        ptrs = {**session.ptrs(), **_poisoned_workspaces(session, plan_workspace_bytes(plan, problem.hdim_v))}
+        ptrs, notes = _pointers(session, problem)
+        ptrs.update(_poisoned_workspaces(session, plan_workspace_bytes(plan, problem.hdim_v)))
         backend.copy_to_device(session.workspaces["plan"], plan.words())
         args = KernelArguments(mixed_args(problem, session.inputs, ptrs))
         launches, names = [(function, grid, block, shared, args)], [name]
@@ -196,7 +201,7 @@ class FmhaProvider(Provider):
             merge_name, merge = self._function(merge_items_spec(problem, arch), problem, session)
             launches.append((merge, *merge_launch_config(grid[0]), args))
             names.append(merge_name)
-        return _in_order(session, launches, names, p_precision(spec), [plan.summary()])
+        return _in_order(session, launches, names, p_precision(spec), [plan.summary(), *notes])
 
     def _prepare_separate(self, problem, session) -> Prepared:
         """Each part (decode-like requests, prefill requests) through its own pick, on one stream."""
@@ -213,6 +218,25 @@ class FmhaProvider(Provider):
             notes.append(f"separate: requests {part.first}..{part.end - 1} via {part.tag}")
         precisions = {p_precision(part.spec) for part in parts}
         return _in_order(session, launches, names, "input" if "input" in precisions else "fp32", notes)
+
+
+def _pointers(session, problem) -> tuple[dict, list]:
+    """(the session's device pointers, notes for the row). With page_order address the page table
+    pointer names the visit plan's table instead (page_order.address_ordered), built and uploaded
+    now, outside the timed region; the note says how many slots it changed and what it cost."""
+    from ..page_order import address_ordered, device_table
+    ptrs = session.ptrs()
+    if problem.page_order == "table":
+        return ptrs, []
+    started = time.perf_counter()
+    field, ordered = device_table(problem, address_ordered(problem, session.inputs.tables))
+    host_ms = (time.perf_counter() - started) * 1e3
+    workspace = session.workspace(f"{problem.page_order}_{field}", ordered.nbytes)
+    session.backend.copy_to_device(workspace, np.ascontiguousarray(ordered))
+    ptrs[field] = workspace.ptr
+    changed = int(np.count_nonzero(ordered != device_table(problem, session.inputs.tables)[1]))
+    return ptrs, [f"page order {problem.page_order}: {changed} of {ordered.size} table slots changed, "
+                  f"host plan {host_ms:.1f} ms"]
 
 
 def _arguments(session, spec, problem, params: bytes):
