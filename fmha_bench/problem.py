@@ -253,8 +253,8 @@ class Problem:
         need(self.rotary_style in ROTARY_STYLES, "rotary_style", f"one of {', '.join(ROTARY_STYLES)}")
         need(self.page_order in PAGE_ORDERS, "page_order", f"one of {', '.join(PAGE_ORDERS)}")
         if self.page_order != "table":
-            need(self.family in ("paged", "mla"), "page_order",
-                 f"address order is planned for families paged and mla, not {self.family}")
+            need(self.family in ("paged", "mla", "mixed"), "page_order",
+                 f"address order is planned for families paged, mla and mixed, not {self.family}")
             need(self.page_table in ("vllm", "sglang"), "page_order",
                  "address order needs a vllm or sglang table (headwise tables are per KV head)")
 

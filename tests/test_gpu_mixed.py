@@ -56,6 +56,16 @@ def test_mixed_batches_match_reference(gpu, problem):
     _check(gpu, problem)
 
 
+@pytest.mark.parametrize("problem", [
+    mixed(page_order="address"),
+    mixed(mask="b:255,0,4", page_table="sglang", page_size=1, kv_layout="nhd", page_order="address"),
+    mixed(batch=3, seqlen_q=[1, 1, 1], seqlen_k=[32771, 5, 4000], page_order="address"),
+], ids=lambda p: p.name())
+def test_address_page_order(gpu, problem):
+    row = _check(gpu, problem)
+    assert any(note.startswith("page order address: ") for note in row.notes), row.notes
+
+
 def test_graph_timing_captures_the_launches(gpu):
     row = _check(gpu, mixed(), MeasureSettings(warmup=1, min_samples=3, max_samples=3, l2_flush=False, graphs="on"))
     assert row.timing_mode == "graph"

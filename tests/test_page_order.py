@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import pytest
 from emulated_backend import emulated_device
-from test_fmha_provider import RecordingBackend, no_compiler  # noqa: F401 (fixture)
+from test_fmha_provider import TensorMapBackend, no_compiler  # noqa: F401 (fixture)
 from test_gpu_kernels import _check
 from test_kernels_emulated import CXX, launch  # noqa: F401 (fixture)
 
@@ -105,7 +105,8 @@ def test_moving_the_edge_pages_too_changes_the_attention(fields):
 @pytest.mark.parametrize("fields,field", [
     (dict(family="fwd", page_size=0), "page_order"),
     (dict(page_table="headwise"), "page_order"),
-    (dict(family="appendkv", seqlen_q=2), "page_order"),
+    (dict(family="appendkv", seqlen_q=2), "page_order"),   # the append writes through the table
+    (dict(family="splitkv", page_size=0, num_splits=2), "page_order"),
     (dict(page_order="sorted"), "page_order"),
 ])
 def test_address_order_is_refused_where_no_plan_exists(fields, field):
@@ -121,7 +122,7 @@ def test_the_order_names_the_point_and_the_default_keeps_old_keys():
 
 
 # ----------------------------------------------------------------------------- the provider
-class CopyRecordingBackend(RecordingBackend):
+class CopyRecordingBackend(TensorMapBackend):
     """Keeps what each copy_to_device wrote, by device address."""
 
     def __init__(self, sm_count=132):
@@ -132,19 +133,31 @@ class CopyRecordingBackend(RecordingBackend):
         self.copies[buf.ptr] = np.array(host, copy=True)
 
 
-@pytest.mark.parametrize("page_table,field", [("vllm", "block_table"), ("sglang", "kv_page_indices")])
-def test_the_provider_passes_the_planned_table_and_notes_it(no_compiler, page_table, field):  # noqa: F811
-    p = _paged(batch=2, seqlen_k=300, page_size=1, page_table=page_table, nhead_q=32, nhead_k=8, hdim_q=128)
+def _mixed(**fields) -> Problem:
+    return _paged(**{**dict(family="mixed", mode="group", batch=3, seqlen_q=[1, 1, 700], seqlen_k=[3000, 41, 900],
+                            nhead_q=32, nhead_k=8, hdim_q=128, page_size=16), **fields})
+
+
+@pytest.mark.parametrize("problem,tag", [
+    (_paged(batch=2, seqlen_k=300, page_size=1, nhead_q=32, nhead_k=8, hdim_q=128), None),
+    (_paged(batch=2, seqlen_k=300, page_size=1, nhead_q=32, nhead_k=8, hdim_q=128, page_table="sglang"), None),
+    (_paged(batch=2, seqlen_k=900, page_size=16, nhead_q=32, nhead_k=8, hdim_q=128, num_splits=3), None),
+    (_mixed(), None),                                    # the persistent launch over its plan
+    (_mixed(page_table="sglang"), "separate"),           # each part's launch, its rows of the table
+], ids=lambda v: v.name() if isinstance(v, Problem) else str(v))
+def test_every_launch_reads_the_planned_table_and_the_row_notes_it(no_compiler, problem, tag):  # noqa: F811
     backend = CopyRecordingBackend()
-    session = PointSession(backend, backend.device_info(), p, p.make_inputs(0))
-    prepared = FmhaProvider().prepare(p, session)
+    session = PointSession(backend, backend.device_info(), problem, problem.make_inputs(0))
+    prepared = FmhaProvider(tag).prepare(problem, session)
+    field, expected = page_order.device_table(problem, address_ordered(problem, session.inputs.tables))
+    planned = session.workspaces[f"address_{field}"]
+    np.testing.assert_array_equal(backend.copies[planned.ptr], expected)
+    backend.calls.clear()
     prepared.launch()
-    launches = [call for call in backend.calls if call[0] == "launch"]
-    params = unpack(launches[0][5]._blob.raw[:ctypes.sizeof(FmhaParams)])
-    planned = backend.copies[params[field]]
-    expected = page_order.device_table(p, address_ordered(p, session.inputs.tables))[1]
-    np.testing.assert_array_equal(planned, expected)
-    assert params[field] != session.buffers[field].ptr
+    pointers = [unpack(call[5]._blob.raw[:ctypes.sizeof(FmhaParams)])[field]
+                for call in backend.calls if call[0] == "launch"]
+    assert pointers and all(planned.ptr <= ptr < planned.ptr + planned.nbytes for ptr in pointers if ptr), pointers
+    assert sum(bool(ptr) for ptr in pointers) >= (2 if tag == "separate" else 1)
     assert any(note.startswith("page order address: ") and "table slots changed" in note for note in prepared.notes)
 
 

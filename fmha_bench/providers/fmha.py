@@ -208,11 +208,12 @@ class FmhaProvider(Provider):
         from ..dispatch import p_precision
         from ..kernels_mixed import part_args, separate_parts
         parts = separate_parts(problem, session.device.arch)
-        launches, names, notes = [], [], []
+        launches, names = [], []
+        ptrs, notes = _pointers(session, problem)
         for part in parts:
             name, function = self._function(part.spec, problem, session)   # builds as the mixed point's
             config = self._forward_launch(part.spec, function, part.problem, session)
-            params = part_args(problem, session.inputs, session.ptrs(), part)
+            params = part_args(problem, session.inputs, ptrs, part)
             launches.append((function, *config, _arguments(session, part.spec, part.problem, params)))
             names.append(name)
             notes.append(f"separate: requests {part.first}..{part.end - 1} via {part.tag}")
